@@ -1,0 +1,160 @@
+"""Shared defaults of every experiment, taken from the authors' code (see PAPER.md).
+
+`cifar10()` and `fmnist()` return complete configs; experiment files override a few fields and
+end with `finish(config, arg)`, which applies the `smoke` variant (seconds on a CPU, for tests).
+Every field can be overridden on the command line: `--config.perturb.eps=0.5`.
+"""
+import ml_collections
+from ml_collections import config_dict
+
+CIFAR10_TAR = "folder:../shared/data/cifar10-jpeg-train.tar.xz"
+FMNIST_IDX = "idx:../shared/data/fashion-mnist"
+
+
+def _common() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  # Stages run in order into one workdir: 'flow' trains the flow, 'classifier' trains and
+  # evaluates the classifier (it runs the flow stage first when it needs a flow and
+  # flow.checkpoint is empty).
+  c.stages = ("classifier",)
+
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.coordinator_address = config_dict.placeholder(str)  # None: auto-detect
+  c.distributed.num_processes = config_dict.placeholder(int)
+  c.distributed.process_id = config_dict.placeholder(int)
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = CIFAR10_TAR          # 'tfds:NAME' | 'folder:PATH' | 'idx:PATH' | 'npz:PATH'
+  c.data.data_dir = ""                 # TFDS data_dir; '' = ~/.cache/jaxflowaug/tfds
+  c.data.train_split = "train[:45000]"  # flow training set; classifier subset drawn from it
+  c.data.eval_split = "train[45000:]"   # held out: CIFAR-10's test split is not used here
+  c.data.train_size = 0                # classifier training images (count); 0 = all
+  c.data.train_fraction = 0.0          # ... or a fraction of train_split; 0 = unused
+  c.data.subset_seed = 9999            # the authors' seed: the same subset for every method
+  c.data.balanced = False              # class-balanced subset
+
+  c.flow = ml_collections.ConfigDict()
+  c.flow.model = "Glow"
+  c.flow.arch = ml_collections.ConfigDict(dict(
+      num_levels=3, num_steps=32, hidden_channels=512, coupling="affine", scale_fn="tanh",
+      permutation="plain", logit_bound=0.9, authors_decode=False))
+  c.flow.conditional = False
+  c.flow.checkpoint = ""               # workdir of a finished flow run; '' = this workdir's own
+  c.flow.batch_size = 64
+  c.flow.epochs = 250.0
+  c.flow.learning_rate = 5e-4
+  c.flow.weight_decay = 5e-5
+  c.flow.warmup_samples = 500_000
+  c.flow.max_grad_norm = 0.0           # 0 = no clipping (the authors clip nothing)
+  c.flow.init_batch_size = 512         # ActNorm's data-dependent init batch
+  c.flow.log_every = 100
+  c.flow.checkpoint_every = 1000
+  c.flow.eval_examples = 0             # validation bits/dim on this many eval images; 0 = all
+  c.flow.recon_examples = 64
+  c.flow.num_samples = 64
+  c.flow.sample_temperature = 0.7
+  c.flow.debug_nan_step = -1           # tests only: poison the loss at this step
+
+  c.classifier = ml_collections.ConfigDict()
+  c.classifier.model = "ResNet18"
+  c.classifier.arch = ml_collections.ConfigDict(dict(width=64))
+  c.classifier.optimizer = "sgd"
+  c.classifier.learning_rate = 0.1
+  c.classifier.momentum = 0.9
+  c.classifier.nesterov = True
+  c.classifier.weight_decay = 5e-4
+  c.classifier.lr_boundaries = (60, 120, 160)  # epochs
+  c.classifier.lr_decay = 0.2
+  c.classifier.batch_size = 128
+  c.classifier.epochs = 200.0
+  c.classifier.eval_batch_size = 500
+  c.classifier.log_every = 50
+  c.classifier.checkpoint_every = 500
+  c.classifier.eval_every_epochs = 10.0  # learning curves (Fig. 4)
+  c.classifier.curves_train_accuracy = True
+  c.classifier.augment = ml_collections.ConfigDict(dict(
+      crop_flip=False, crop_pad=4, flip=True, translate=0.0, cutout=0, mixup_alpha=0.0))
+
+  c.perturb = ml_collections.ConfigDict()
+  c.perturb.method = "none"            # 'none' | 'rla' | 'ala' | 'pgd' (image space)
+  c.perturb.norm = "l2"                # 'l2' | 'linf'
+  c.perturb.eps = 1.0
+  c.perturb.step_size = 0.5
+  c.perturb.steps = 3
+  c.perturb.random_start = True
+  c.perturb.labels = "pred"            # 'pred': the classifier's own predictions; 'true'
+  c.perturb.bn_mode = "train"          # classifier BatchNorm mode during the attack
+  c.perturb.fraction = 1.0             # fraction of each batch replaced by perturbed images
+  return c
+
+
+def cifar10() -> ml_collections.ConfigDict:
+  """ResNet-18 on the fixed 5% (2,500 images) CIFAR-10 subset; Glow 3x32x512."""
+  c = _common()
+  c.data.train_size = 2500
+  return c
+
+
+def fmnist() -> ml_collections.ConfigDict:
+  """Stutz et al. CNN on Fashion-MNIST with the conditional 12-block dense flow (Fig. 5)."""
+  c = _common()
+  c.data.source = FMNIST_IDX
+  c.data.train_split = "train"
+  c.data.eval_split = "test"
+  c.data.train_size = 600
+  c.flow.model = "DenseFlow"
+  c.flow.arch = ml_collections.ConfigDict(dict(num_blocks=12, hidden=512, clamp=2.0,
+                                               noise_std=0.1))
+  c.flow.conditional = True
+  c.flow.epochs = 100.0
+  c.flow.warmup_samples = 0
+  c.classifier.model = "SmallCNN"
+  c.classifier.arch = ml_collections.ConfigDict()
+  c.classifier.optimizer = "adam"
+  c.classifier.learning_rate = 0.01
+  c.classifier.weight_decay = 1e-4
+  c.classifier.lr_decay = 0.9
+  c.classifier.lr_boundaries = ()
+  c.classifier.batch_size = 100
+  c.classifier.epochs = 20.0
+  c.classifier.eval_every_epochs = 1.0
+  c.perturb.norm = "linf"
+  c.perturb.labels = "true"
+  c.perturb.bn_mode = "eval"
+  c.perturb.random_start = False
+  return c
+
+
+def finish(c: ml_collections.ConfigDict, arg=None) -> ml_collections.ConfigDict:
+  """Applies the variant named by `arg`: None (full scale) or 'smoke' (seconds on a CPU)."""
+  if arg in (None, ""):
+    return c
+  if arg != "smoke":
+    raise ValueError(f"Unknown config variant {arg!r}; use the file alone or FILE.py:smoke.")
+  c.data.train_split = "train[:256]"
+  c.data.eval_split = "train[-64:]" if c.data.eval_split.startswith("train") else "test[:64]"
+  c.data.train_size = 64
+  c.data.train_fraction = 0.0
+  if c.flow.model == "Glow":
+    c.flow.arch.update(num_levels=2, num_steps=2, hidden_channels=8)
+  else:
+    c.flow.arch.update(num_blocks=2, hidden=16)
+  c.flow.batch_size = 32
+  c.flow.epochs = 1.0
+  c.flow.warmup_samples = 64
+  c.flow.init_batch_size = 32
+  c.flow.log_every = 4
+  c.flow.checkpoint_every = 4
+  c.flow.eval_examples = 32
+  c.flow.recon_examples = 8
+  c.flow.num_samples = 4
+  if c.classifier.model == "ResNet18":
+    c.classifier.arch.width = 4
+  c.classifier.batch_size = 16
+  c.classifier.epochs = 1.0
+  c.classifier.eval_batch_size = 32
+  c.classifier.log_every = 2
+  c.classifier.checkpoint_every = 2
+  c.classifier.eval_every_epochs = 1.0
+  return c

@@ -1,0 +1,1 @@
+"""jaxflowaug: semantic data augmentation in the latent space of a normalizing flow."""

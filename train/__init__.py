@@ -1,0 +1,1 @@
+"""Programs: flags, configs, training loops, checkpoints, logging and reports."""

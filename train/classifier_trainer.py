@@ -1,0 +1,285 @@
+"""Classifier stage: train a classifier with image-space and latent-space augmentation.
+
+Each step, on device, in this order (each part switched by config):
+  x <- random crop + flip / translate (`classifier.augment`)
+  x <- perturbation (`perturb.method`): R-LA / A-LA in the frozen flow's latent,
+       x~ = F^-1(F(x) + delta), or image-space PGD; a `perturb.fraction` of the rows is replaced
+  x <- cutout;  (x, y) <- mixup
+  SGD / Adam step on the cross-entropy of the classifier on x.
+A-LA's attacker is the classifier being trained, at its current weights, with BatchNorm in
+train or eval mode (`perturb.bn_mode`) and labels true or predicted (`perturb.labels`).
+
+Outputs in `<workdir>/classifier/`: checkpoints, TensorBoard events, `results.json` with
+`test_accuracy` (on `data.eval_split`), `train_accuracy`, `steps`, `device_count`, the learning
+curves and the count of non-finite decodes that fell back to clean images.
+"""
+import functools
+import math
+import os
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax.training import train_state
+
+from jaxflowaug import augment, metrics, models, parallel, perturb
+from train import checkpoint, flow_trainer, input_pipeline, results, writer
+
+STAGE = "classifier"
+METHODS = ("none", "rla", "ala", "pgd")
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any = None
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks the classifier and perturbation fields; raises naming the field and the fix."""
+  cfg, p = config.classifier, config.perturb
+  if p.method not in METHODS:
+    raise ValueError(f"perturb.method={p.method!r} is unknown; use one of {METHODS}.")
+  if p.method != "none":
+    perturb.check_attack_args(p.eps, p.step_size, p.steps, p.norm)
+  if not 0.0 <= p.fraction <= 1.0:
+    raise ValueError(f"perturb.fraction={p.fraction} must be in [0, 1].")
+  if p.labels not in ("true", "pred"):
+    raise ValueError(f"perturb.labels={p.labels!r}: use 'true' or 'pred'.")
+  if p.bn_mode not in ("train", "eval"):
+    raise ValueError(f"perturb.bn_mode={p.bn_mode!r}: use 'train' or 'eval'.")
+  if cfg.optimizer not in ("sgd", "adam"):
+    raise ValueError(f"classifier.optimizer={cfg.optimizer!r} is unknown; use 'sgd' or 'adam'.")
+  if cfg.learning_rate <= 0:
+    raise ValueError(f"classifier.learning_rate={cfg.learning_rate} must be > 0.")
+  if cfg.epochs <= 0:
+    raise ValueError(f"classifier.epochs={cfg.epochs} must be > 0.")
+  if cfg.augment.cutout < 0 or cfg.augment.mixup_alpha < 0:
+    raise ValueError("classifier.augment.cutout and classifier.augment.mixup_alpha must be >= 0.")
+
+
+def uses_flow(config: ml_collections.ConfigDict) -> bool:
+  return config.perturb.method in ("rla", "ala")
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+  return models.get(config.classifier.model, num_classes=num_classes, **config.classifier.arch)
+
+
+def create_optimizer(cfg: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
+  """SGD (momentum, Nesterov, lr x`lr_decay` at `lr_boundaries` epochs) or Adam (lr x`lr_decay`
+  per epoch); both with L2 weight decay added to the gradient, as the authors' PyTorch code."""
+  if cfg.optimizer == "sgd":
+    schedule = optax.piecewise_constant_schedule(
+        cfg.learning_rate, {int(e * steps_per_epoch): cfg.lr_decay for e in cfg.lr_boundaries})
+    opt = optax.sgd(schedule, momentum=cfg.momentum, nesterov=cfg.nesterov)
+  else:
+    schedule = optax.exponential_decay(cfg.learning_rate, steps_per_epoch, cfg.lr_decay,
+                                       staircase=True)
+    opt = optax.adam(schedule)
+  return optax.chain(optax.add_decayed_weights(cfg.weight_decay), opt)
+
+
+def create_train_state(model: nn.Module, key: jax.Array, image_shape,
+                       tx: optax.GradientTransformation) -> TrainState:
+  variables = model.init(key, jnp.zeros((1,) + tuple(image_shape), jnp.float32), train=False)
+  return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                           batch_stats=variables.get("batch_stats"))
+
+
+def _logits(model, params, batch_stats, x, train: bool):
+  """Classifier logits; in train mode BatchNorm uses batch statistics (updates discarded)."""
+  variables = {"params": params, "batch_stats": batch_stats}
+  if train:
+    return model.apply(variables, x, train=True, mutable=["batch_stats"])[0]
+  return model.apply(variables, x, train=False)
+
+
+def perturb_batch(state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array,
+                  flow_params: Any, *, model: nn.Module, flow: Optional[nn.Module],
+                  cfg: ml_collections.ConfigDict):
+  """The perturbed batch x~ (B, H, W, C) in [0, 1] and the count of non-finite decodes."""
+  attack_key, mix_key = jax.random.split(key)
+  bn_train = cfg.bn_mode == "train"
+  logits = functools.partial(_logits, model, state.params, state.batch_stats, train=bn_train)
+  target = y if cfg.labels == "true" else jnp.argmax(logits(x), -1)
+  target = jax.lax.stop_gradient(target)
+
+  def loss_fn(images):
+    return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits(images), target))
+
+  if cfg.method == "pgd":
+    x_t = perturb.image_pgd(loss_fn, x, attack_key, eps=cfg.eps, step_size=cfg.step_size,
+                            steps=cfg.steps, norm=cfg.norm, random_start=cfg.random_start)
+    nonfinite = jnp.zeros((), jnp.int32)
+  else:
+    cond = y if flow.num_classes else None
+    fvars = {"params": flow_params}
+    z, _ = flow.apply(fvars, x, cond, method=flow.forward)
+    decode = lambda latent: flow.apply(fvars, latent, cond, method=flow.inverse)
+    x_t, nonfinite, _ = perturb.latent_attack(
+        decode, loss_fn, jax.lax.stop_gradient(z), attack_key, x_clean=x, method=cfg.method,
+        eps=cfg.eps, step_size=cfg.step_size, steps=cfg.steps, norm=cfg.norm,
+        random_start=cfg.random_start)
+  x_t = jax.lax.stop_gradient(x_t)
+  return perturb.mix(mix_key, x, x_t, cfg.fraction), nonfinite
+
+
+def augment_batch(state, batch, key, flow_params, *, model, flow, config, num_classes):
+  """Image augmentation, perturbation, cutout and mixup of one batch -> (x, soft or int labels)."""
+  aug, p = config.classifier.augment, config.perturb
+  k_img, k_pert, k_cut, k_mix = jax.random.split(key, 4)
+  x, y = input_pipeline.to_float(batch["image"]), batch["label"]
+  if aug.crop_flip:
+    x = augment.random_crop_flip(k_img, x, pad=aug.crop_pad, flip=aug.flip)
+  elif aug.translate:
+    x = augment.random_translate(k_img, x, max_frac=aug.translate)
+  nonfinite = jnp.zeros((), jnp.int32)
+  if p.method != "none":
+    x, nonfinite = perturb_batch(state, x, y, k_pert, flow_params, model=model, flow=flow, cfg=p)
+  if aug.cutout:
+    x = augment.cutout(k_cut, x, size=aug.cutout)
+  labels = y
+  if aug.mixup_alpha:
+    x, labels = augment.mixup(k_mix, x, jax.nn.one_hot(y, num_classes), alpha=aug.mixup_alpha)
+  return x, labels, nonfinite
+
+
+def train_step(state: TrainState, batch: dict, key: jax.Array, flow_params: Any, *,
+               model, flow, config, num_classes):
+  """Augments the batch (see module doc) and takes one optimiser step on its cross-entropy."""
+  key = jax.random.fold_in(key, state.step)
+  x, labels, nonfinite = augment_batch(state, batch, key, flow_params, model=model, flow=flow,
+                                       config=config, num_classes=num_classes)
+
+  def loss_fn(params):
+    logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, x,
+                                  train=True, mutable=["batch_stats"])
+    return metrics.cross_entropy(logits, labels), (logits, updates["batch_stats"])
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  hard = labels if labels.ndim == 1 else jnp.argmax(labels, -1)
+  return state, {"loss": loss, "accuracy": metrics.accuracy(logits, hard),
+                 "grad_norm": optax.global_norm(grads), "nonfinite_decodes": nonfinite}
+
+
+def eval_step(state: TrainState, batch: dict, model: nn.Module) -> dict:
+  """Sums of correct predictions and loss over the unmasked rows (BatchNorm in eval mode)."""
+  logits = _logits(model, state.params, state.batch_stats, input_pipeline.to_float(batch["image"]),
+                   train=False)
+  correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+  return {"correct": jnp.sum(correct * batch["mask"]), "loss": jnp.sum(loss * batch["mask"]),
+          "count": jnp.sum(batch["mask"])}
+
+
+def evaluate(step_fn, state, split, batch_size, mesh) -> dict:
+  """Accuracy and mean loss of the classifier over a whole split."""
+  totals = {"correct": 0.0, "loss": 0.0, "count": 0.0}
+  for batch in input_pipeline.eval_batches(split, batch_size, mesh):
+    out = parallel.to_host(step_fn(state, batch))
+    totals = {k: totals[k] + float(out[k]) for k in totals}
+  n = max(totals["count"], 1.0)
+  return {"accuracy": totals["correct"] / n, "loss": totals["loss"] / n}
+
+
+def identity(config: ml_collections.ConfigDict) -> dict:
+  """What fixes a classifier run (everything but logging and checkpoint cadence)."""
+  keep = {k: config[k].to_dict() for k in ("data", "classifier", "perturb")}
+  for k in ("log_every", "checkpoint_every", "eval_every_epochs"):
+    keep["classifier"].pop(k, None)
+  keep["seed"] = config.seed
+  return keep
+
+
+def load_flow(config, workdir, datasets):
+  """The frozen flow: from `flow.checkpoint`, or from this workdir's own flow stage."""
+  path = config.flow.checkpoint or workdir
+  return flow_trainer.load_frozen(path, config, datasets.image_shape, datasets.num_classes)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       datasets: Optional[input_pipeline.Datasets] = None) -> dict:
+  """Trains the classifier (resuming from `<workdir>/classifier`), evaluates, writes results."""
+  validate(config)
+  cfg = config.classifier
+  stage_dir = writer.stage_dir(workdir, STAGE)
+  done = results.read(stage_dir)
+  if done is not None:
+    logging.info("classifier stage already finished in %s; skipping.", stage_dir)
+    return done
+  datasets = datasets or input_pipeline.load(config)
+  mesh = parallel.make_mesh()
+  model = create_model(config, datasets.num_classes)
+  flow, flow_params = None, None
+  if uses_flow(config):
+    flow, flow_params = load_flow(config, workdir, datasets)
+    flow_params = parallel.replicate(flow_params, mesh)
+  loader = input_pipeline.Loader(datasets.train, cfg.batch_size, config.seed, mesh,
+                                 "classifier.batch_size")
+  tx = create_optimizer(cfg, loader.steps_per_epoch)
+  total_steps = max(1, int(math.ceil(cfg.epochs * loader.steps_per_epoch)))
+  init_key, train_key = jax.random.split(jax.random.PRNGKey(config.seed))
+  state = jax.jit(lambda k: create_train_state(model, k, datasets.image_shape, tx),
+                  out_shardings=parallel.replicated(mesh))(init_key)
+
+  ckpt = checkpoint.Checkpointer(os.path.join(stage_dir, "checkpoints"), identity(config))
+  curves, nonfinite_total = [], 0
+  start = ckpt.latest_step()
+  if start is not None:
+    state, meta = ckpt.restore(start, state)
+    curves, nonfinite_total = meta["curves"], meta["nonfinite_decodes"]
+    logging.info("Resumed classifier training from step %d.", start)
+  start = int(state.step)
+
+  repl = parallel.replicated(mesh)
+  step_fn = jax.jit(functools.partial(train_step, model=model, flow=flow, config=config,
+                                      num_classes=datasets.num_classes),
+                    donate_argnums=(0,), out_shardings=(repl, repl))
+  eval_fn = jax.jit(functools.partial(eval_step, model=model))
+  eval_every = max(1, int(round(cfg.eval_every_epochs * loader.steps_per_epoch)))
+  log = writer.MetricWriter(stage_dir, total_steps, start, desc="classifier")
+  nonfinite = jnp.zeros((), jnp.int32)  # decodes that fell back to clean images, summed on device
+  try:
+    for step in range(start, total_steps):
+      state, m = step_fn(state, loader.batch(step), train_key, flow_params)
+      nonfinite = nonfinite + m["nonfinite_decodes"]
+      log.advance()
+      last = step + 1 == total_steps
+      if (step + 1) % cfg.log_every == 0 or last:
+        m = parallel.to_host(m)
+        if not np.isfinite(m["loss"]):
+          raise flow_trainer.NonFiniteError(
+              f"classifier loss is non-finite at step {step + 1}; lower classifier.learning_rate.")
+        log.scalars(step + 1, m, prefix="train/")
+      if (step + 1) % eval_every == 0 or last:
+        point = {"step": step + 1, "epoch": (step + 1) / loader.steps_per_epoch,
+                 "test_accuracy": evaluate(eval_fn, state, datasets.eval, cfg.eval_batch_size,
+                                           mesh)["accuracy"]}
+        if cfg.curves_train_accuracy:
+          point["train_accuracy"] = evaluate(eval_fn, state, datasets.train, cfg.eval_batch_size,
+                                             mesh)["accuracy"]
+        curves.append(point)
+        log.scalars(step + 1, {k: v for k, v in point.items() if k.endswith("accuracy")},
+                    prefix="eval/")
+      if (step + 1) % cfg.checkpoint_every == 0 or last:
+        nonfinite_total, nonfinite = nonfinite_total + int(nonfinite), jnp.zeros((), jnp.int32)
+        ckpt.save(step + 1, state, {"curves": curves, "nonfinite_decodes": nonfinite_total})
+    ckpt.wait()
+  finally:
+    log.close()
+  test = evaluate(eval_fn, state, datasets.eval, cfg.eval_batch_size, mesh)
+  train = evaluate(eval_fn, state, datasets.train, cfg.eval_batch_size, mesh)
+  final = {"test_accuracy": test["accuracy"], "test_loss": test["loss"],
+           "train_accuracy": train["accuracy"], "train_loss": train["loss"],
+           "steps": total_steps, "epochs": cfg.epochs, "train_examples": len(datasets.train),
+           "eval_examples": len(datasets.eval), "method": config.perturb.method,
+           "nonfinite_decodes": nonfinite_total, "curves": curves}
+  logging.info("classifier done: test_accuracy %.4f, train_accuracy %.4f", test["accuracy"],
+               train["accuracy"])
+  ckpt.close()
+  return results.write(stage_dir, final, config)

@@ -1,0 +1,114 @@
+"""The datasets of a run, from its `config.data`, fed as sharded global batches.
+
+Splits (all from `data.load`, uint8 NHWC + int32):
+- `flow_train`: what the flow learns from (`data.train_split`, whole);
+- `train`: the classifier's training set, a fixed seeded subset of `data.train_split`
+  (`data.train_size`: a count, a fraction, or None for all; the same subset for every method);
+- `eval`: `data.eval_split`, images no training set contains (for CIFAR-10, whose test split is
+  not used here, a slice of the train split disjoint from `data.train_split`).
+
+Batches are a pure function of (seed, step): `Loader.batch(step)` gives this process's rows of
+global batch `step`, and a resumed run sees exactly the batches an uninterrupted one would.
+Images travel to the device as uint8 and become float32 in [0, 1] inside the jitted step.
+"""
+import dataclasses
+import os
+from typing import Iterator, Optional
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from jaxflowaug import data, parallel
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  images: np.ndarray  # (N, H, W, C) uint8
+  labels: np.ndarray  # (N,) int32
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def take(self, indices: np.ndarray) -> "Split":
+    return Split(self.images[indices], self.labels[indices])
+
+
+@dataclasses.dataclass(frozen=True)
+class Datasets:
+  flow_train: Split
+  train: Split
+  eval: Split
+  num_classes: int
+  class_names: tuple
+  image_shape: tuple
+
+
+def data_dir(config: ml_collections.ConfigDict) -> str:
+  return os.path.expanduser(config.data.data_dir or os.path.join("~", ".cache", "jaxflowaug", "tfds"))
+
+
+def load(config: ml_collections.ConfigDict) -> Datasets:
+  """Loads the run's splits; every process loads the same arrays (they are small)."""
+  cfg, ddir = config.data, data_dir(config)
+  info = data.info(cfg.source, data_dir=ddir)
+  full = Split(*data.load(cfg.source, cfg.train_split, data_dir=ddir))
+  evaluation = Split(*data.load(cfg.source, cfg.eval_split, data_dir=ddir))
+  if cfg.train_size and cfg.train_fraction:
+    raise ValueError(f"data.train_size={cfg.train_size} and data.train_fraction="
+                     f"{cfg.train_fraction} are both set; set one of them to 0.")
+  size = cfg.train_size or cfg.train_fraction
+  train = full
+  if size:
+    train = full.take(data.subset_indices(full.labels, size, seed=cfg.subset_seed,
+                                          balanced=cfg.balanced))
+  logging.info("data %s: flow_train %d (%s), train %d (size=%s, seed %d), eval %d (%s)",
+               cfg.source, len(full), cfg.train_split, len(train), size or "all",
+               cfg.subset_seed, len(evaluation), cfg.eval_split)
+  return Datasets(flow_train=full, train=train, eval=evaluation, num_classes=info.num_classes,
+                  class_names=tuple(info.class_names), image_shape=tuple(full.images.shape[1:]))
+
+
+class Loader:
+  """Global training batches of one split over the mesh, one per step, shuffled every epoch."""
+
+  def __init__(self, split: Split, global_batch_size: int, seed: int, mesh, field: str):
+    parallel.check_batch_size(global_batch_size, field)
+    if global_batch_size > len(split):
+      raise ValueError(f"{field}={global_batch_size} is larger than the training set "
+                       f"({len(split)} examples); lower {field} or train on more data.")
+    self.split, self.global_batch_size, self.seed, self.mesh = split, global_batch_size, seed, mesh
+    self.steps_per_epoch = len(split) // global_batch_size
+
+  def batch(self, step: int) -> dict:
+    idx = data.batch_indices(len(self.split), self.global_batch_size, self.seed, step,
+                             process_index=jax.process_index(),
+                             process_count=jax.process_count())
+    return parallel.global_batch(
+        {"image": self.split.images[idx], "label": self.split.labels[idx]}, self.mesh)
+
+
+def eval_batches(split: Split, global_batch_size: int, mesh) -> Iterator[dict]:
+  """The whole split in order, in global batches; the last one padded, with `mask` 0 on padding."""
+  n, per_process = len(split), parallel.process_batch_size(global_batch_size)
+  for start in range(0, n, global_batch_size):
+    rows = np.arange(start, start + global_batch_size)
+    rows = rows[jax.process_index() * per_process:(jax.process_index() + 1) * per_process]
+    mask = (rows < n).astype(np.float32)
+    rows = np.minimum(rows, n - 1)
+    yield parallel.global_batch({"image": split.images[rows], "label": split.labels[rows],
+                                 "mask": mask}, mesh)
+
+
+def first_rows(split: Split, count: int, mesh) -> dict:
+  """A fixed global batch of the first `count` examples (for init and reconstruction checks)."""
+  count = min(count, len(split)) // jax.device_count() * jax.device_count()
+  per_process = count // jax.process_count()
+  rows = np.arange(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
+  return parallel.global_batch({"image": split.images[rows], "label": split.labels[rows]}, mesh)
+
+
+def to_float(images: jax.Array) -> jax.Array:
+  """uint8 pixels -> float32 in [0, 1]."""
+  return images.astype(np.float32) / 255.0
