@@ -1,0 +1,239 @@
+"""Latent attacks (R-LA, A-LA) and image-space PGD around one projected-gradient core.
+
+Notation: a batch `delta` has shape (B, ...); every norm below is taken per example over
+all non-batch axes, ‖δ_b‖₂ = sqrt(Σ_i δ_{b,i}²), ‖δ_b‖_∞ = max_i |δ_{b,i}|. The ball is
+B_ε = {δ : ‖δ_b‖ ≤ ε for every b} in the chosen norm ("linf" or "l2").
+
+- R-LA:  x̃ = F⁻¹(z + Π(ε·n)),  n ~ N(0, I), no gradient.
+- A-LA:  x̃ = F⁻¹(z + δᵏ),  δᵏ = PGD maximising L(F⁻¹(z + δ)) over B_ε, gradient through F⁻¹.
+- Image PGD (Madry et al.):  x̃ = x + δᵏ, PGD maximising L(x + δ) over B_ε ∩ {x + δ ∈ [0, 1]}.
+
+All functions are pure and jittable. `eps`, `step_size` and `fraction` may be Python floats
+or traced scalars; `steps`, `norm` and `method` are static Python values.
+"""
+from typing import Callable, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+NORMS = ('linf', 'l2')
+METHODS = ('rla', 'ala')
+# Floor for norms used as divisors, so that projecting or normalising a zero vector gives 0.
+_TINY = 1e-12
+
+
+def _check_norm(norm: str, name: str = '`norm`') -> None:
+  if norm not in NORMS:
+    raise ValueError(f'{name} must be one of {NORMS}; got {norm!r}.')
+
+
+def _check_steps(steps, name: str = '`steps`') -> None:
+  if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+    raise ValueError(f'{name} must be a Python int >= 1 (it is static); got {steps!r}.')
+
+
+def _l2_norm(x: jnp.ndarray) -> jnp.ndarray:
+  """Per-example l2 norm over all non-batch axes, shape (B, 1, ..., 1) for broadcasting."""
+  return jnp.sqrt(jnp.sum(jnp.square(x), axis=tuple(range(1, x.ndim)), keepdims=True))
+
+
+def project(delta: jnp.ndarray, eps, norm: str) -> jnp.ndarray:
+  """Euclidean projection of each example of `delta` (B, ...) onto the ε-ball of `norm`.
+
+  linf: Π(δ) = clip(δ, -ε, ε) elementwise.
+  l2:   Π(δ_b) = δ_b / max(‖δ_b‖₂ / ε, 1), computed as δ_b · min(1, ε / max(‖δ_b‖₂, 1e-12)),
+        which is 0 at δ_b = 0 and also for ε = 0 (no division by zero).
+  Returns an array of the shape and dtype of `delta`.
+  """
+  _check_norm(norm)
+  if norm == 'linf':
+    return jnp.clip(delta, -eps, eps)
+  return delta * jnp.minimum(1.0, eps / jnp.maximum(_l2_norm(delta), _TINY))
+
+
+def random_latent(key: jax.Array, shape: Tuple[int, ...], eps, norm: str) -> jnp.ndarray:
+  """R-LA noise Δ = Π(ε·n), n ~ N(0, I) of `shape` (B, ...), float32.
+
+  linf clips each component to [-ε, ε]; l2 rescales each example onto the ε-sphere when
+  ‖ε·n_b‖₂ > ε (almost surely for image-sized latents, where ‖n_b‖₂ ≈ sqrt(dim)).
+  """
+  return project(eps * jax.random.normal(key, shape, jnp.float32), eps, norm)
+
+
+def uniform_start(key: jax.Array, shape: Tuple[int, ...], eps, norm: str) -> jnp.ndarray:
+  """PGD's random start Δ⁰ = Π(u), u ~ U[-ε, ε]^dim of `shape` (B, ...), float32.
+
+  For linf the projection is a no-op; for l2 it rescales u_b into the ε-ball.
+  """
+  u = jax.random.uniform(key, shape, jnp.float32, minval=-1.0, maxval=1.0)
+  return project(eps * u, eps, norm)
+
+
+def pgd(loss_fn: Callable[[jnp.ndarray], jnp.ndarray], delta0: jnp.ndarray, *, eps,
+        step_size, steps: int, norm: str,
+        bounds: Optional[Tuple[jnp.ndarray, jnp.ndarray]] = None) -> jnp.ndarray:
+  """Projected gradient ascent on the scalar `loss_fn(delta)` within the ε-ball.
+
+  For j = 1..steps, with g = ∇_δ loss_fn(δʲ⁻¹) (non-finite entries of g set to 0 so that
+  one example whose loss is NaN cannot stall or poison the others):
+    linf: δʲ = clip(δʲ⁻¹ + α·sign(g), -ε, ε)
+    l2:   δʲ = Π(δʲ⁻¹ + α·g_b / ‖g_b‖₂)   (per example; a zero g_b gives a zero step)
+  then, if `bounds = (lo, hi)` is given, δʲ = clip(δʲ, lo, hi) (image PGD uses
+  (-x, 1 - x) so that x + δ stays in [0, 1]; with lo ≤ 0 ≤ hi this never leaves the ball).
+  The loss should be summed (not averaged) over the batch: then g_b is the gradient of
+  example b's own loss, independent of the others when the loss is per-example.
+  Runs as one `jax.lax.fori_loop`.
+
+  Args:
+    loss_fn: maps δ (shape of `delta0`) to a scalar to maximise.
+    delta0: starting point (B, ...), assumed inside the ball (it is not projected).
+    eps: ball radius ε ≥ 0.
+    step_size: α > 0.
+    steps: number of steps k, a Python int ≥ 1.
+    norm: "linf" or "l2".
+    bounds: optional (lo, hi) arrays broadcastable to δ, elementwise box on δ.
+
+  Returns:
+    δᵏ, same shape and dtype as `delta0`.
+
+  Raises:
+    ValueError: for an unknown `norm` or `steps` < 1.
+  """
+  _check_norm(norm)
+  _check_steps(steps)
+  grad_fn = jax.grad(loss_fn)
+
+  def step(_, delta):
+    g = grad_fn(delta)
+    g = jnp.where(jnp.isfinite(g), g, 0.0)
+    if norm == 'linf':
+      direction = jnp.sign(g)
+    else:
+      direction = g / jnp.maximum(_l2_norm(g), _TINY)
+    delta = project(delta + step_size * direction, eps, norm)
+    if bounds is not None:
+      delta = jnp.clip(delta, *bounds)
+    return delta.astype(delta0.dtype)
+
+  return jax.lax.fori_loop(0, steps, step, delta0)
+
+
+def image_pgd(loss_fn: Callable[[jnp.ndarray], jnp.ndarray], x: jnp.ndarray, key: jax.Array,
+              *, eps, step_size, steps: int, norm: str, random_start: bool = True
+              ) -> jnp.ndarray:
+  """Image-space PGD (Madry et al.): x_adv = x + δᵏ maximising `loss_fn(x + δ)`.
+
+  δ⁰ = clip(uniform_start, -x, 1 - x) if `random_start` else 0; each step projects onto
+  the ε-ball and then clips x + δ to [0, 1] (see `pgd` with bounds (-x, 1 - x)).
+
+  Args:
+    loss_fn: maps images (B, H, W, C) to a scalar, summed over the batch.
+    x: clean images (B, H, W, C) in [0, 1].
+    key: PRNG key for the random start.
+
+  Returns:
+    x_adv (B, H, W, C) in [0, 1] with ‖x_adv_b - x_b‖ ≤ ε, no gradient (stop_gradient).
+  """
+  bounds = (-x, 1.0 - x)
+  if random_start:
+    delta0 = jnp.clip(uniform_start(key, x.shape, eps, norm), *bounds)
+  else:
+    delta0 = jnp.zeros_like(x)
+  delta = pgd(lambda d: loss_fn(x + d), delta0, eps=eps, step_size=step_size, steps=steps,
+              norm=norm, bounds=bounds)
+  return jax.lax.stop_gradient(jnp.clip(x + delta, 0.0, 1.0))
+
+
+def _finite_or(x: jnp.ndarray, fallback: jnp.ndarray) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  """Replaces each example of `x` (B, ...) holding a NaN/inf by `fallback`'s -> (x, ok (B,))."""
+  ok = jnp.all(jnp.isfinite(x), axis=tuple(range(1, x.ndim)))
+  return jnp.where(ok.reshape((-1,) + (1,) * (x.ndim - 1)), x, fallback), ok
+
+
+def latent_attack(decode: Callable[[jnp.ndarray], jnp.ndarray],
+                  loss_fn: Callable[[jnp.ndarray], jnp.ndarray], z: jnp.ndarray,
+                  key: jax.Array, *, method: str, eps, norm: str, x_clean: jnp.ndarray,
+                  step_size=None, steps: Optional[int] = None, random_start: bool = True
+                  ) -> Tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+  """Perturbs latents `z` and decodes them: R-LA or A-LA.
+
+  rla: δ = random_latent(key, z.shape, ε, norm); x̃ = F⁻¹(z + δ) without gradient
+       (`step_size`, `steps`, `random_start` are unused).
+  ala: δ⁰ = uniform_start(key, z.shape, ε, norm) if `random_start` else 0;
+       δ = pgd(δ ↦ loss_fn(F⁻¹(z + δ)), δ⁰, ...) with the gradient through F⁻¹ = `decode`;
+       x̃ = F⁻¹(z + δ).
+  Inside the A-LA objective, a non-finite decoded example is replaced by its clean image
+  (so a batch-coupled loss, e.g. BatchNorm in training mode, stays finite for the others).
+  Finally x̃ is clipped to [0, 1], and every example whose decode is non-finite falls
+  back to `x_clean` and is counted.
+
+  Args:
+    decode: F⁻¹, maps latents (B, ...) to images (B, H, W, C), e.g.
+      `partial(flow.apply, flow_vars, method=Glow.inverse)`.
+    loss_fn: maps images (B, H, W, C) to a scalar, summed over the batch (A-LA only).
+    z: latents F(x), shape (B, ...).
+    key: PRNG key for the noise or the random start.
+    method: "rla" or "ala".
+    eps, norm: the ball (see `project`).
+    x_clean: the clean images (B, H, W, C) in [0, 1], used as fallback.
+    step_size, steps, random_start: PGD settings (A-LA only; see `pgd`).
+
+  Returns:
+    (x_tilde (B, H, W, C) in [0, 1], num_nonfinite int32 scalar, delta of z's shape);
+    x_tilde and delta carry no gradient (stop_gradient).
+
+  Raises:
+    ValueError: for an unknown `method` or `norm`, or A-LA without `step_size`/`steps`.
+  """
+  if method not in METHODS:
+    raise ValueError(f'`method` must be one of {METHODS}; got {method!r}.')
+  _check_norm(norm)
+  if method == 'rla':
+    delta = random_latent(key, z.shape, eps, norm)
+  else:
+    if step_size is None:
+      raise ValueError('`step_size` is required for method="ala".')
+    _check_steps(steps)
+    if random_start:
+      delta0 = uniform_start(key, z.shape, eps, norm)
+    else:
+      delta0 = jnp.zeros_like(z)
+    delta = pgd(lambda d: loss_fn(_finite_or(decode(z + d), x_clean)[0]), delta0, eps=eps,
+                step_size=step_size, steps=steps, norm=norm)
+  delta = jax.lax.stop_gradient(delta)
+  x = jax.lax.stop_gradient(decode(z + delta))
+  x, ok = _finite_or(jnp.clip(x, 0.0, 1.0), x_clean)
+  return x, jnp.sum(~ok).astype(jnp.int32), delta
+
+
+def mix(key: jax.Array, clean: jnp.ndarray, perturbed: jnp.ndarray, fraction) -> jnp.ndarray:
+  """Per example b: out_b = perturbed_b with probability `fraction`, else clean_b.
+
+  Uses u_b ~ U[0, 1) and takes perturbed_b iff u_b < fraction, so fraction = 1 gives
+  `perturbed` and fraction = 0 gives `clean` exactly. Shapes (B, ...) -> (B, ...).
+
+  Raises:
+    ValueError: if the shapes differ, or a concrete `fraction` is outside [0, 1].
+  """
+  if clean.shape != perturbed.shape:
+    raise ValueError(f'`clean` and `perturbed` must have the same shape; got {clean.shape} '
+                     f'and {perturbed.shape}.')
+  if isinstance(fraction, (int, float)) and not 0.0 <= fraction <= 1.0:
+    raise ValueError(f'`fraction` must be in [0, 1]; got {fraction}.')
+  take = jax.random.uniform(key, (clean.shape[0],)) < fraction
+  return jnp.where(take.reshape((-1,) + (1,) * (clean.ndim - 1)), perturbed, clean)
+
+
+def check_attack_args(eps, step_size, steps, norm) -> None:
+  """Validates attack settings at start-up; the messages name the `perturb.*` config fields.
+
+  Raises:
+    ValueError: if eps < 0, step_size <= 0, steps is not an int >= 1, or norm is unknown.
+  """
+  if not np.isfinite(eps) or eps < 0:
+    raise ValueError(f'perturb.eps must be a finite number >= 0; got {eps!r}.')
+  if not np.isfinite(step_size) or step_size <= 0:
+    raise ValueError(f'perturb.step_size must be a finite number > 0; got {step_size!r}.')
+  _check_steps(steps, 'perturb.steps')
+  _check_norm(norm, 'perturb.norm')
