@@ -7,9 +7,6 @@ import pytest
 
 from jaxflowaug import models
 
-# Tiny models: compile time dominates on CPU (as in flax examples/imagenet/train_test.py).
-jax.config.update('jax_disable_most_optimizations', True)
-
 
 def _num_params(variables):
   return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables['params']))

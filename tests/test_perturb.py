@@ -9,9 +9,6 @@ import pytest
 
 from jaxflowaug import perturb
 
-# Tiny functions: compile time dominates on CPU (as in flax examples/imagenet/train_test.py).
-jax.config.update('jax_disable_most_optimizations', True)
-
 LATENT = (2, 2, 3)          # per-example latent/image shape (H, W, C)
 DIM = int(np.prod(LATENT))
 NUM_CLASSES = 3
