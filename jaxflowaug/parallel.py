@@ -42,8 +42,13 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
 
 
 def make_mesh() -> jax.sharding.Mesh:
-  """A 1-D mesh over every device of every process, axis name `'data'`."""
-  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,))
+  """A 1-D mesh over every device of every process, axis name `'data'`.
+
+  The axis is `Auto`: XLA's GSPMD propagates shardings through the model (no sharding in the
+  types, so library code needs no `out_sharding` annotations).
+  """
+  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
+                       axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:

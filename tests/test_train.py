@@ -9,7 +9,7 @@ import pytest
 
 from configs import (cifar10_adv, cifar10_flow, cifar10_pgd, cifar10_standard, fmnist_adv,
                      fmnist_flow)
-from train import checkpoint, classifier_trainer, flow_trainer, input_pipeline, main
+from train import checkpoint, classifier_trainer, experiment, flow_trainer, input_pipeline
 
 
 def _npz(path, shape, num_train, num_test, num_classes=10, seed=0):
@@ -50,7 +50,7 @@ def _config(module, source):
 def flow_run(cifar_like, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("flow_run"))
   config = _config(cifar10_flow, cifar_like)
-  return config, workdir, main.run(config, workdir)
+  return config, workdir, experiment.run(config, workdir)
 
 
 def test_flow_stage_writes_results_and_samples(flow_run):
@@ -87,7 +87,7 @@ def test_flow_checkpoint_reloads_exactly_without_actnorm_reinit(flow_run, cifar_
 
 def test_rerun_skips_finished_stage(flow_run):
   config, workdir, out = flow_run
-  again = main.run(config, workdir)
+  again = experiment.run(config, workdir)
   assert again["val_bits_per_dim"] == out["val_bits_per_dim"]
 
 
@@ -95,7 +95,7 @@ def test_classifier_ala_uses_flow_checkpoint(flow_run, cifar_like, tmp_path):
   _, flow_dir, _ = flow_run
   config = _config(cifar10_adv, cifar_like)
   config.flow.checkpoint = flow_dir
-  out = main.run(config, str(tmp_path))
+  out = experiment.run(config, str(tmp_path))
   for key in ("test_accuracy", "train_accuracy", "device_count", "steps"):
     assert key in out
   assert 0.0 <= out["test_accuracy"] <= 1.0
@@ -108,22 +108,22 @@ def test_flow_checkpoint_for_another_shape_is_refused(flow_run, mnist_like, tmp_
   config = _config(fmnist_adv, mnist_like)
   config.flow.checkpoint = flow_dir
   with pytest.raises(ValueError, match="flow.checkpoint"):
-    main.run(config, str(tmp_path))
+    experiment.run(config, str(tmp_path))
 
 
 def test_workdir_of_another_experiment_is_refused(cifar_like, tmp_path):
   config = _config(cifar10_standard, cifar_like)
   config.classifier.epochs = 0.5
-  main.run(config, str(tmp_path))
+  experiment.run(config, str(tmp_path))
   os.remove(os.path.join(tmp_path, "classifier", "results.json"))
   other = _config(cifar10_pgd, cifar_like)
   with pytest.raises(ValueError, match="different experiment"):
-    main.run(other, str(tmp_path))
+    experiment.run(other, str(tmp_path))
 
 
 def test_conditional_dense_flow_then_ala_classifier(mnist_like, tmp_path):
   config = _config(fmnist_adv, mnist_like)
-  out = main.run(config, str(tmp_path))
+  out = experiment.run(config, str(tmp_path))
   assert out["stages"]["flow"]["max_reconstruction_error"] < 1e-4
   assert 0.0 <= out["test_accuracy"] <= 1.0
 
@@ -132,7 +132,7 @@ def test_nan_stops_flow_training_naming_the_step(cifar_like, tmp_path):
   config = _config(cifar10_flow, cifar_like)
   config.flow.debug_nan_step = 5
   with pytest.raises(flow_trainer.NonFiniteError, match="step 5"):
-    main.run(config, str(tmp_path))
+    experiment.run(config, str(tmp_path))
   ckpt = checkpoint.Checkpointer(os.path.join(tmp_path, "flow", "checkpoints"), {})
   assert ckpt.latest_step() == 4  # the last good checkpoint, before the poisoned step
 

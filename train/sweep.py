@@ -1,0 +1,102 @@
+"""A sweep: several experiments run one after another into sub-directories of one workdir.
+
+`config.sweep` is a tuple of `(name, overrides)`; each run is `config` with the dotted-field
+`overrides` applied (`{"perturb.method": "ala", "seed": 1}`), run by `experiment.run` into
+`<workdir>/<name>`. A string value `"@other"` stands for `<workdir>/other`, so a run can use the
+flow that an earlier run of the sweep trained (`{"flow.checkpoint": "@flow"}`). Finished runs
+(with a `results.json`) are skipped and interrupted ones resume, so rerunning a killed sweep
+finishes it. The sweep's own `results.json` lists every run and the mean ± std of the test
+accuracy of each group of runs that differ only in `seed`.
+"""
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from train import experiment, results
+
+
+def _apply(config: ml_collections.ConfigDict, field: str, value: Any) -> None:
+  *path, name = field.split(".")
+  node = config
+  for part in path:
+    node = node[part]
+  if name not in node:
+    raise ValueError(f"sweep override {field!r}: the config has no field {name!r} there.")
+  node[name] = value
+
+
+def expand(config: ml_collections.ConfigDict, workdir: str) -> list:
+  """[(name, config of that run)] with overrides applied and '@run' paths resolved."""
+  runs, names = [], [name for name, _ in config.sweep]
+  if len(set(names)) != len(names):
+    raise ValueError(f"sweep run names must be unique, got {names}.")
+  for name, overrides in config.sweep:
+    child = ml_collections.ConfigDict(config.to_dict())
+    child.sweep = ()
+    for field, value in overrides.items():
+      if isinstance(value, str) and value.startswith("@"):
+        if value[1:] not in names:
+          raise ValueError(f"sweep run {name!r}: {field}={value!r} names no run of the sweep.")
+        value = os.path.join(workdir, value[1:])
+      _apply(child, field, value)
+    runs.append((name, child))
+  return runs
+
+
+def group_key(config: dict) -> str:
+  """Runs that differ only in their seed share a group: method and training-set size."""
+  if "classifier" not in config["stages"]:
+    return "flow"
+  return f"{config['perturb']['method']} n={config['data']['train_size'] or 'all'}"
+
+
+def summarize(rows: list) -> list:
+  """Mean ± std (over seeds) of test accuracy per group, in the order groups first appear."""
+  groups = {}
+  for row in rows:
+    if "test_accuracy" in row:
+      groups.setdefault(row["group"], []).append(row["test_accuracy"])
+  return [{"group": g, "n": len(v), "mean": float(np.mean(v)), "std": float(np.std(v))}
+          for g, v in groups.items()]
+
+
+def table(summary: list) -> str:
+  lines = ["| runs | seeds | test accuracy (%) |", "|---|---|---|"]
+  lines += [f"| {s['group']} | {s['n']} | {100 * s['mean']:.2f} ± {100 * s['std']:.2f} |"
+            for s in summary]
+  return "\n".join(lines)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs every experiment of the sweep (skipping finished ones) and writes the summary."""
+  workdir = experiment.check_workdir(workdir)
+  rows, start = [], time.time()
+  for name, child in expand(config, workdir):
+    path = os.path.join(workdir, name)
+    out = results.read(path)
+    if out is None:
+      logging.info("sweep: running %s", name)
+      t0 = time.time()
+      out = experiment.run(child, path)
+      out["wall_seconds"] = time.time() - t0
+      if jax.process_index() == 0:
+        results.write_json_atomic(os.path.join(path, results.RESULTS_FILE), out)
+    else:
+      logging.info("sweep: %s already finished, skipping", name)
+    row = {"name": name, "group": group_key(out["config"]), "seed": out["config"]["seed"],
+           "wall_seconds": out.get("wall_seconds")}
+    row.update({k: out[k] for k in ("test_accuracy", "train_accuracy", "val_bits_per_dim")
+                if k in out})
+    rows.append(row)
+  summary = summarize(rows)
+  payload = {"runs": rows, "summary": summary, "wall_seconds_this_call": time.time() - start}
+  if jax.process_index() == 0:
+    results.write_json_atomic(os.path.join(workdir, results.RESULTS_FILE), payload)
+    print(table(summary))
+    print(f"sweep results: {os.path.join(workdir, results.RESULTS_FILE)}")
+  return payload
