@@ -1,0 +1,35 @@
+"""Normalizing flows: bijector layers, multi-scale Glow and the dense Fashion-MNIST flow.
+
+Every layer has `forward(x, ...) -> (y, logdet)` and `inverse(y, ...) -> (x, logdet)` with a
+per-example logdet (B,), plus the distrax-style aliases `forward_and_log_det` and
+`inverse_and_log_det`. The flows `Glow` and `DenseFlow` map an image batch to a latent of
+the same shape: `forward(x, y=None, dequantize=False) -> (z, logdet)`, `inverse(z, y=None)
+-> x`, `log_prob` and `bits_per_dim`; call them through
+`flow.apply(variables, x, method=Glow.forward)`.
+
+Variable collections: 'params' (trainable) and 'consts' (fixed permutations and signs; only
+`InvertibleConv1x1(decomposition='lu')` and `DenseFlow` have any). Checkpoint both; give
+only 'params' to the optimiser.
+"""
+from jaxflowaug.flows.actnorm import ActNorm
+from jaxflowaug.flows.bijector import Bijector
+from jaxflowaug.flows.bijector import Flow
+from jaxflowaug.flows.bijector import standard_normal_log_prob
+from jaxflowaug.flows.conv1x1 import InvertibleConv1x1
+from jaxflowaug.flows.coupling import Coupling
+from jaxflowaug.flows.coupling import CouplingNet
+from jaxflowaug.flows.dense import DenseFlow
+from jaxflowaug.flows.dense import DenseSubnet
+from jaxflowaug.flows.dense import GlowCouplingBlock
+from jaxflowaug.flows.glow import Glow
+from jaxflowaug.flows.glow import GlowStep
+from jaxflowaug.flows.preprocess import Preprocess
+from jaxflowaug.flows.squeeze import Squeeze
+from jaxflowaug.flows.squeeze import squeeze
+from jaxflowaug.flows.squeeze import unsqueeze
+
+__all__ = [
+    'ActNorm', 'Bijector', 'Coupling', 'CouplingNet', 'DenseFlow', 'DenseSubnet', 'Flow',
+    'Glow', 'GlowCouplingBlock', 'GlowStep', 'InvertibleConv1x1', 'Preprocess', 'Squeeze',
+    'squeeze', 'standard_normal_log_prob', 'unsqueeze',
+]

@@ -1,0 +1,97 @@
+"""Base classes shared by every flow layer and by the whole flows.
+
+A *bijector* layer is a Linen module with
+
+    forward(x, *cond) -> (y, logdet),   logdet = log|det dy/dx|, shape (B,)
+    inverse(y, *cond) -> (x, logdet),   logdet = log|det dx/dy| = -forward logdet
+
+where the determinant is over all non-batch axes of one example. `forward_and_log_det`
+and `inverse_and_log_det` are distrax-protocol aliases of the two methods.
+
+A *flow* maps an image batch x (B, H, W, C) to a latent z of the same shape with a
+standard-normal prior N(0, I) on z. Subclasses implement `forward` and
+`inverse_and_log_det`; `inverse` returns only the image.
+"""
+import math
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+def sum_except_batch(x):
+  """Sums (B, ...) -> (B,) over every axis but the first."""
+  return jnp.sum(x, axis=tuple(range(1, x.ndim)))
+
+
+def standard_normal_log_prob(z):
+  """log N(z; 0, I) per example: -0.5 * sum(z**2) - D/2 * log(2 pi), (B, ...) -> (B,)."""
+  d = math.prod(z.shape[1:])
+  return -0.5 * sum_except_batch(jnp.square(z)) - 0.5 * d * math.log(2 * math.pi)
+
+
+class Bijector(nn.Module):
+  """A Linen bijector: subclasses define `forward` and `inverse` (see module docstring)."""
+
+  def forward_and_log_det(self, x, *args, **kwargs):
+    """Alias of `forward`: returns (y, log|det dy/dx|)."""
+    return self.forward(x, *args, **kwargs)
+
+  def inverse_and_log_det(self, y, *args, **kwargs):
+    """Alias of `inverse`: returns (x, log|det dx/dy|)."""
+    return self.inverse(y, *args, **kwargs)
+
+
+class Flow(nn.Module):
+  """A whole flow x (B, H, W, C) <-> z (same shape) with prior N(0, I) on z.
+
+  Subclasses define `forward(x, y=None, dequantize=False) -> (z, logdet)`,
+  `inverse_and_log_det(z, y=None) -> (x, logdet)` and `log_prob`.
+  """
+
+  def forward_and_log_det(self, x, y=None, dequantize=False):
+    """Alias of `forward`: returns (z, log|det dz/dx|)."""
+    return self.forward(x, y, dequantize)
+
+  def inverse(self, z, y=None):
+    """Decodes z (B, H, W, C) -> x (B, H, W, C)."""
+    return self.inverse_and_log_det(z, y)[0]
+
+  def bits_per_dim(self, x, y=None, dequantize=True):
+    """Discrete-data bits/dim of 8-bit images x, (B, H, W, C) -> (B,).
+
+    bpd = -(log_prob(x) - D log 256) / (D log 2), D = H*W*C, with `log_prob` the log-density
+    of the dequantised image in [0, 1]^D (each 8-bit level owns a bin of width 1/256).
+    With `dequantize=True` (rng stream 'dequant') this is a one-sample estimate of the
+    usual upper bound on the negative log-likelihood of the discrete data.
+    """
+    d = math.prod(x.shape[1:])
+    log_p = self.log_prob(x, y, dequantize)
+    return -(log_p - d * math.log(256.0)) / (d * math.log(2.0))
+
+
+def check_choice(name, value, choices):
+  """Raises ValueError naming `name` unless value is one of `choices`."""
+  if value not in choices:
+    raise ValueError(f'{name}={value!r}; use one of {tuple(choices)}.')
+
+
+def check_int(name, value, minimum):
+  """Raises ValueError naming `name` unless value is an int >= minimum."""
+  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    raise ValueError(f'{name}={value!r}; it must be an integer >= {minimum}.')
+
+
+def scan_layers(body, layer, x, *args, length, reverse, in_axes):
+  """Applies `body(layer, x, *args) -> (x, logdet)` `length` times with jax.lax.scan.
+
+  `layer`'s variables ('params' and 'consts') get a leading axis of size `length`, one slice
+  per application, so compile time does not grow with depth. `in_axes` says, per entry of
+  `args`, `flax.linen.broadcast` (the same every time) or 0 (scanned over its leading axis).
+  `reverse=True` runs the slices from last to first, as an inverse needs.
+  Returns (x, summed logdet (B,)).
+  """
+  scanned = nn.scan(body, variable_axes={'params': 0, 'consts': 0},
+                    split_rngs={'params': True}, in_axes=in_axes, length=length,
+                    reverse=reverse)
+  x, logdets = scanned(layer, x, *args)
+  return x, jnp.sum(logdets, axis=0)
