@@ -35,8 +35,8 @@ def main(argv):
   batch = parallel.global_batch({"image": images[rows], "label": labels[rows]}, mesh)
 
   flow = flow_trainer.create_flow(config, 10)
-  flow_params = jax.jit(lambda x: flow.init(jax.random.PRNGKey(1), x, method=flow.forward)["params"],
-                        out_shardings=parallel.replicated(mesh))(jnp.asarray(images) / 255.0)
+  flow_vars = jax.jit(lambda x: flow.init(jax.random.PRNGKey(1), x, method=flow.forward),
+                      out_shardings=parallel.replicated(mesh))(jnp.asarray(images) / 255.0)
   model = classifier_trainer.create_model(config, 10)
   tx = classifier_trainer.create_optimizer(config.classifier, steps_per_epoch=4)
   state = jax.jit(lambda k: classifier_trainer.create_train_state(model, k, (32, 32, 3), tx),
@@ -44,7 +44,7 @@ def main(argv):
   step = jax.jit(functools.partial(classifier_trainer.train_step, model=model, flow=flow,
                                    config=config, num_classes=10),
                  out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)))
-  state, metrics = step(state, batch, jax.random.PRNGKey(3), flow_params)
+  state, metrics = step(state, batch, jax.random.PRNGKey(3), flow_vars)
   losses = [float(parallel.to_host(metrics["loss"]))]
   leaves = [np.asarray(parallel.to_host(x)).ravel() for x in jax.tree.leaves(state.params)]
   print(json.dumps({"devices": jax.device_count(), "losses": losses,

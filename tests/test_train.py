@@ -68,21 +68,21 @@ def test_flow_stage_writes_results_and_samples(flow_run):
 def test_flow_checkpoint_reloads_exactly_without_actnorm_reinit(flow_run, cifar_like):
   config, workdir, _ = flow_run
   datasets = input_pipeline.load(config)
-  flow, params = flow_trainer.load_frozen(workdir, config, datasets.image_shape,
-                                          datasets.num_classes)
+  flow, variables = flow_trainer.load_frozen(workdir, config, datasets.image_shape,
+                                             datasets.num_classes)
   # Re-initialising on other data would give other ActNorm parameters; the reloaded ones must
   # be the trained ones: the same reconstruction and bits/dim as the stage reported.
   x = input_pipeline.to_float(jnp.asarray(datasets.eval.images[:8]))
-  z, logdet = flow.apply({"params": params}, x, method=flow.forward)
-  np.testing.assert_allclose(flow.apply({"params": params}, z, method=flow.inverse), x, atol=1e-4)
-  fresh = flow.init(jax.random.PRNGKey(1), x[::-1] * 0.5, method=flow.forward)["params"]
-  _, fresh_logdet = flow.apply({"params": fresh}, x, method=flow.forward)
+  z, logdet = flow.apply(variables, x, method=flow.forward)
+  np.testing.assert_allclose(flow.apply(variables, z, method=flow.inverse), x, atol=1e-4)
+  fresh = flow.init(jax.random.PRNGKey(1), x[::-1] * 0.5, method=flow.forward)
+  _, fresh_logdet = flow.apply(fresh, x, method=flow.forward)
   assert not np.allclose(logdet, fresh_logdet)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "flow", "checkpoints"),
                                  flow_trainer.identity(config, datasets.image_shape,
                                                        datasets.num_classes))
   state, _ = ckpt.restore_raw(ckpt.latest_step())
-  jax.tree.map(np.testing.assert_array_equal, state["params"], params)
+  jax.tree.map(np.testing.assert_array_equal, state["params"], variables["params"])
 
 
 def test_rerun_skips_finished_stage(flow_run):

@@ -99,7 +99,7 @@ def _logits(model, params, batch_stats, x, train: bool):
 
 
 def perturb_batch(state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array,
-                  flow_params: Any, *, model: nn.Module, flow: Optional[nn.Module],
+                  flow_vars: Any, *, model: nn.Module, flow: Optional[nn.Module],
                   cfg: ml_collections.ConfigDict):
   """The perturbed batch x~ (B, H, W, C) in [0, 1] and the count of non-finite decodes."""
   attack_key, mix_key = jax.random.split(key)
@@ -117,9 +117,8 @@ def perturb_batch(state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array,
     nonfinite = jnp.zeros((), jnp.int32)
   else:
     cond = y if flow.num_classes else None
-    fvars = {"params": flow_params}
-    z, _ = flow.apply(fvars, x, cond, method=flow.forward)
-    decode = lambda latent: flow.apply(fvars, latent, cond, method=flow.inverse)
+    z, _ = flow.apply(flow_vars, x, cond, method=flow.forward)
+    decode = lambda latent: flow.apply(flow_vars, latent, cond, method=flow.inverse)
     x_t, nonfinite, _ = perturb.latent_attack(
         decode, loss_fn, jax.lax.stop_gradient(z), attack_key, x_clean=x, method=cfg.method,
         eps=cfg.eps, step_size=cfg.step_size, steps=cfg.steps, norm=cfg.norm,
@@ -128,7 +127,7 @@ def perturb_batch(state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array,
   return perturb.mix(mix_key, x, x_t, cfg.fraction), nonfinite
 
 
-def augment_batch(state, batch, key, flow_params, *, model, flow, config, num_classes):
+def augment_batch(state, batch, key, flow_vars, *, model, flow, config, num_classes):
   """Image augmentation, perturbation, cutout and mixup of one batch -> (x, soft or int labels)."""
   aug, p = config.classifier.augment, config.perturb
   k_img, k_pert, k_cut, k_mix = jax.random.split(key, 4)
@@ -139,7 +138,7 @@ def augment_batch(state, batch, key, flow_params, *, model, flow, config, num_cl
     x = augment.random_translate(k_img, x, max_frac=aug.translate)
   nonfinite = jnp.zeros((), jnp.int32)
   if p.method != "none":
-    x, nonfinite = perturb_batch(state, x, y, k_pert, flow_params, model=model, flow=flow, cfg=p)
+    x, nonfinite = perturb_batch(state, x, y, k_pert, flow_vars, model=model, flow=flow, cfg=p)
   if aug.cutout:
     x = augment.cutout(k_cut, x, size=aug.cutout)
   labels = y
@@ -148,11 +147,11 @@ def augment_batch(state, batch, key, flow_params, *, model, flow, config, num_cl
   return x, labels, nonfinite
 
 
-def train_step(state: TrainState, batch: dict, key: jax.Array, flow_params: Any, *,
+def train_step(state: TrainState, batch: dict, key: jax.Array, flow_vars: Any, *,
                model, flow, config, num_classes):
   """Augments the batch (see module doc) and takes one optimiser step on its cross-entropy."""
   key = jax.random.fold_in(key, state.step)
-  x, labels, nonfinite = augment_batch(state, batch, key, flow_params, model=model, flow=flow,
+  x, labels, nonfinite = augment_batch(state, batch, key, flow_vars, model=model, flow=flow,
                                        config=config, num_classes=num_classes)
 
   def loss_fn(params):
@@ -215,10 +214,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   datasets = datasets or input_pipeline.load(config)
   mesh = parallel.make_mesh()
   model = create_model(config, datasets.num_classes)
-  flow, flow_params = None, None
+  flow, flow_vars = None, None
   if uses_flow(config):
-    flow, flow_params = load_flow(config, workdir, datasets)
-    flow_params = parallel.replicate(flow_params, mesh)
+    flow, flow_vars = load_flow(config, workdir, datasets)
+    flow_vars = parallel.replicate(flow_vars, mesh)
   loader = input_pipeline.Loader(datasets.train, cfg.batch_size, config.seed, mesh,
                                  "classifier.batch_size")
   tx = create_optimizer(cfg, loader.steps_per_epoch)
@@ -246,7 +245,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   nonfinite = jnp.zeros((), jnp.int32)  # decodes that fell back to clean images, summed on device
   try:
     for step in range(start, total_steps):
-      state, m = step_fn(state, loader.batch(step), train_key, flow_params)
+      state, m = step_fn(state, loader.batch(step), train_key, flow_vars)
       nonfinite = nonfinite + m["nonfinite_decodes"]
       log.advance()
       last = step + 1 == total_steps

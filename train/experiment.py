@@ -2,15 +2,17 @@
 
 A finished stage is skipped and an interrupted one resumes from its last checkpoint, so rerunning
 after a crash or preemption continues where it stopped. `workdir/results.json` gathers the final
-metrics of every stage that ran (the classifier's override the flow's where both name a key).
+metrics of every stage that ran (a later stage's override an earlier one's where both name a
+key). 'evaluate' (train/evaluate.py) tests the classifier of the same workdir, clean and under the
+attacks of `config.evaluation`.
 """
 import os
 
 import ml_collections
 
-from train import classifier_trainer, flow_trainer, input_pipeline, results
+from train import classifier_trainer, evaluate, flow_trainer, input_pipeline, results
 
-STAGES = ("flow", "classifier")
+STAGES = ("flow", "classifier", "evaluate")
 
 
 def check_workdir(workdir: str) -> str:
@@ -34,15 +36,20 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   workdir = check_workdir(workdir)
   if "classifier" in config.stages:
     classifier_trainer.validate(config)
+  if "evaluate" in config.stages:
+    evaluate.validate(config)
   datasets = input_pipeline.load(config)
   merged, per_stage = {}, {}
   run_flow = not config.flow.checkpoint and (
       "flow" in config.stages
-      or ("classifier" in config.stages and classifier_trainer.uses_flow(config)))
+      or ("classifier" in config.stages and classifier_trainer.uses_flow(config))
+      or ("evaluate" in config.stages and evaluate.uses_flow(config)))
   if run_flow:
     per_stage["flow"] = flow_trainer.train_and_evaluate(config, workdir, datasets)
   if "classifier" in config.stages:
     per_stage["classifier"] = classifier_trainer.train_and_evaluate(config, workdir, datasets)
+  if "evaluate" in config.stages:
+    per_stage["evaluate"] = evaluate.run_stage(config, workdir, datasets)
   for stage, out in per_stage.items():
     merged.update({k: v for k, v in out.items()
                    if k not in ("config", "versions", "device_count", "process_count",

@@ -62,23 +62,32 @@ def _labels(flow: nn.Module, batch: dict) -> Optional[jax.Array]:
   return batch["label"] if flow.num_classes else None
 
 
+class FlowState(train_state.TrainState):
+  """Trainable `params` plus the flow's fixed `consts` (permutations, signs), saved together."""
+  consts: Any = None
+
+  def variables(self, params: Any = None) -> dict:
+    return {"params": self.params if params is None else params, **self.consts}
+
+
 def create_train_state(flow: nn.Module, key: jax.Array, init_batch: dict,
-                       tx: optax.GradientTransformation) -> train_state.TrainState:
+                       tx: optax.GradientTransformation) -> FlowState:
   """Initialises the flow on `init_batch` (ActNorm's data-dependent init) and the optimiser."""
   x = input_pipeline.to_float(init_batch["image"])
   init_key, dequant_key = jax.random.split(key)
   variables = flow.init({"params": init_key, "dequant": dequant_key}, x, _labels(flow, init_batch),
                         dequantize=True, method=flow.forward)
-  return train_state.TrainState.create(apply_fn=flow.apply, params=variables["params"], tx=tx)
+  params = variables.pop("params")
+  return FlowState.create(apply_fn=flow.apply, params=params, tx=tx, consts=dict(variables))
 
 
-def train_step(state: train_state.TrainState, batch: dict, key: jax.Array, flow: nn.Module,
+def train_step(state: FlowState, batch: dict, key: jax.Array, flow: nn.Module,
                nan_step: int = -1):
   """One Adamax step on mean bits/dim. `nan_step` (tests only) poisons the loss at that step."""
   x, y = input_pipeline.to_float(batch["image"]), _labels(flow, batch)
 
   def loss_fn(params):
-    bpd = flow.apply({"params": params}, x, y, dequantize=True, method=flow.bits_per_dim,
+    bpd = flow.apply(state.variables(params), x, y, dequantize=True, method=flow.bits_per_dim,
                      rngs={"dequant": jax.random.fold_in(key, state.step)})
     loss = jnp.mean(bpd)
     return jnp.where(state.step == nan_step, jnp.nan, loss)
@@ -88,36 +97,36 @@ def train_step(state: train_state.TrainState, batch: dict, key: jax.Array, flow:
   return new_state, {"bits_per_dim": loss, "grad_norm": optax.global_norm(grads)}
 
 
-def eval_step(params: Any, batch: dict, key: jax.Array, flow: nn.Module) -> dict:
+def eval_step(variables: dict, batch: dict, key: jax.Array, flow: nn.Module) -> dict:
   """Sums of bits/dim (dequantised) over the unmasked rows of a batch."""
-  bpd = flow.apply({"params": params}, input_pipeline.to_float(batch["image"]),
+  bpd = flow.apply(variables, input_pipeline.to_float(batch["image"]),
                    _labels(flow, batch), dequantize=True, method=flow.bits_per_dim,
                    rngs={"dequant": key})
   return {"bpd_sum": jnp.sum(bpd * batch["mask"]), "count": jnp.sum(batch["mask"])}
 
 
-def reconstruction_error(params: Any, batch: dict, flow: nn.Module) -> jax.Array:
+def reconstruction_error(variables: dict, batch: dict, flow: nn.Module) -> jax.Array:
   """max |inverse(forward(x)) - x| over a batch (exactness of the decode, float32)."""
   x, y = input_pipeline.to_float(batch["image"]), _labels(flow, batch)
-  z, _ = flow.apply({"params": params}, x, y, method=flow.forward)
-  return jnp.max(jnp.abs(flow.apply({"params": params}, z, y, method=flow.inverse) - x))
+  z, _ = flow.apply(variables, x, y, method=flow.forward)
+  return jnp.max(jnp.abs(flow.apply(variables, z, y, method=flow.inverse) - x))
 
 
-def sample(params: Any, key: jax.Array, flow: nn.Module, shape, temperature: float,
+def sample(variables: dict, key: jax.Array, flow: nn.Module, shape, temperature: float,
            labels: Optional[jax.Array]) -> jax.Array:
   """x = F^-1(T * eps), eps ~ N(0, I) of `shape` (N, H, W, C); clipped to [0, 1]."""
   z = temperature * jax.random.normal(key, shape)
-  return jnp.clip(flow.apply({"params": params}, z, labels, method=flow.inverse), 0.0, 1.0)
+  return jnp.clip(flow.apply(variables, z, labels, method=flow.inverse), 0.0, 1.0)
 
 
-def evaluate(params, flow, split, cfg, mesh, key) -> float:
+def evaluate(variables, flow, split, cfg, mesh, key) -> float:
   """Mean bits/dim over the (first `eval_examples` of the) evaluation split."""
   if cfg.eval_examples:
     split = split.take(np.arange(min(cfg.eval_examples, len(split))))
   step = jax.jit(lambda p, b, k: eval_step(p, b, k, flow))
   totals = {"bpd_sum": 0.0, "count": 0.0}
   for i, batch in enumerate(input_pipeline.eval_batches(split, cfg.batch_size, mesh)):
-    out = parallel.to_host(step(params, batch, jax.random.fold_in(key, i)))
+    out = parallel.to_host(step(variables, batch, jax.random.fold_in(key, i)))
     totals = {k: totals[k] + float(out[k]) for k in totals}
   return totals["bpd_sum"] / max(totals["count"], 1.0)
 
@@ -130,7 +139,7 @@ def _first_nonfinite(history: list) -> Optional[int]:
 
 
 def load_frozen(path: str, config: ml_collections.ConfigDict, image_shape, num_classes: int):
-  """(flow module, params) from the latest checkpoint of a flow stage under `path`.
+  """(flow module, variables) from the latest checkpoint of a flow stage under `path`.
 
   `path` is a work directory (holding `flow/checkpoints`) or that checkpoints directory itself.
   Raises if there is none, or if it was trained for another architecture or data shape.
@@ -159,7 +168,7 @@ def load_frozen(path: str, config: ml_collections.ConfigDict, image_shape, num_c
         "flow.checkpoint empty) or set flow.model/flow.arch/flow.conditional and the data to match.")
   state, _ = ckpt.restore_raw(step)
   ckpt.close()
-  return create_flow(config, num_classes), state["params"]
+  return create_flow(config, num_classes), {"params": state["params"], **state["consts"]}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -217,7 +226,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
               "lengthen flow.warmup_samples or set flow.max_grad_norm, then rerun.")
         history = []
         m = parallel.to_host(metrics)
-        m["reconstruction_error"] = parallel.to_host(recon_fn(state.params, recon_batch))
+        m["reconstruction_error"] = parallel.to_host(recon_fn(state.variables(), recon_batch))
         log.scalars(step + 1, m, prefix="train/")
         if (step + 1) % cfg.checkpoint_every == 0 or last:
           ckpt.save(step + 1, state)
@@ -225,13 +234,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   finally:
     log.close()
 
-  val_bpd = evaluate(state.params, flow, datasets.eval, cfg, mesh, eval_key)
-  recon = float(parallel.to_host(recon_fn(state.params, recon_batch)))
+  val_bpd = evaluate(state.variables(), flow, datasets.eval, cfg, mesh, eval_key)
+  recon = float(parallel.to_host(recon_fn(state.variables(), recon_batch)))
   n = cfg.num_samples
   labels = jnp.arange(n) % datasets.num_classes if flow.num_classes else None
   samples = parallel.to_host(jax.jit(
       lambda p, k, y: sample(p, k, flow, (n,) + datasets.image_shape, cfg.sample_temperature, y))(
-          state.params, sample_key, labels))
+          state.variables(), sample_key, labels))
   grid = figures.image_grid(samples, ncol=int(math.ceil(math.sqrt(n))))
   sample_path = figures.save_png(grid, os.path.join(stage_dir, "samples.png"))
   final = {"val_bits_per_dim": val_bpd, "max_reconstruction_error": recon, "steps": total_steps,
