@@ -48,7 +48,7 @@ def perturbation_grid(original: np.ndarray, perturbed: Sequence[Tuple[str, np.nd
   """
   original = np.asarray(original, np.float32)
   rows = [("original", original)] + [(label, np.asarray(x, np.float32)) for label, x in perturbed]
-  rows += [(f"|x~-x|x{amplify:g} {label}", np.abs(np.asarray(x, np.float32) - original) * amplify)
+  rows += [(f"|x̃ - x| × {amplify:g}, {label}", np.abs(np.asarray(x, np.float32) - original) * amplify)
            for label, x in perturbed]
   n, h, w, c = original.shape
   fig = Figure(figsize=(max(4.0, 0.9 * n), 0.9 * len(rows) * h / w + 0.3))
@@ -59,6 +59,7 @@ def perturbation_grid(original: np.ndarray, perturbed: Sequence[Tuple[str, np.nd
               interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
+    ax.set_frame_on(False)
     ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
   return _save(fig, path)
 

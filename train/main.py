@@ -11,7 +11,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxflowaug import parallel
-from train import experiment, results, sweep
+from train import experiment, results, sweep, writer
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (FILE.py or FILE.py:smoke).",
@@ -24,6 +24,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = FLAGS.config
+  writer.quiet_library_logs()
   parallel.initialize_distributed(config.distributed.coordinator_address,
                                   config.distributed.num_processes, config.distributed.process_id)
   logging.info("JAX process %d / %d, local devices %s, global device count %d",

@@ -2,6 +2,7 @@
 
 Only process 0 writes events and shows the progress bar; every process logs.
 """
+import logging as std_logging
 import os
 from typing import Mapping, Optional
 
@@ -41,6 +42,21 @@ class MetricWriter:
     if self._tb is not None:
       self._tb.flush()
       self._tb.close()
+
+
+class _QuietLibraries(std_logging.Filter):
+  """Drops INFO/DEBUG records of chatty libraries (orbax logs every file it touches)."""
+
+  PACKAGES = ("/orbax/", "/tensorflow_datasets/", "/etils/")
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or not any(
+        p in record.pathname for p in self.PACKAGES)
+
+
+def quiet_library_logs() -> None:
+  """Keeps the run's own INFO logs readable; libraries still report warnings and errors."""
+  logging.get_absl_handler().addFilter(_QuietLibraries())
 
 
 def stage_dir(workdir: str, stage: str, sub: Optional[str] = None) -> str:
