@@ -86,6 +86,28 @@ def _common() -> ml_collections.ConfigDict:
   c.perturb.labels = "pred"            # 'pred': the classifier's own predictions; 'true'
   c.perturb.bn_mode = "train"          # classifier BatchNorm mode during the attack
   c.perturb.fraction = 1.0             # fraction of each batch replaced by perturbed images
+
+  # The 'evaluate' stage (train/evaluate.py; also `python -m train.evaluate`): the classifier of
+  # this workdir on data.eval_split, clean and under attack (Tables 4-6, Figs. 3-4).
+  c.evaluation = ml_collections.ConfigDict()
+  c.evaluation.num_examples = 1000     # eval images (a seeded subset of data.eval_split); 0 = all
+  c.evaluation.batch_size = 250        # global batch of the attack steps (clipped to num_examples)
+  # (name, attack) pairs; method 'rla' | 'ala' (latent, through the frozen flow) | 'pgd' (image
+  # space), with true labels and the classifier in eval mode; random_start is optional (True).
+  c.evaluation.attacks = (
+      ("rla", dict(method="rla", norm="linf", eps=0.25)),
+      ("ala", dict(method="ala", norm="l2", eps=1.0, step_size=0.5, steps=3)),
+      ("pgd", dict(method="pgd", norm="linf", eps=0.03, step_size=0.008, steps=10)),
+  )
+  c.evaluation.fid_features = "auto"   # 'inception' (pip install -r requirements-fid.txt) |
+                                       # 'classifier' (its penultimate features; reported as
+                                       # fid_classifier_features, not FID) | 'auto' (inception if
+                                       # installed)
+  c.evaluation.fid_examples = 5000     # training images (seeded subset) for FID/KID; 0 = all
+  c.evaluation.kid_subset_size = 1000  # KID subset size m (clipped to the smaller set)
+  c.evaluation.kid_subsets = 100       # KID subset draws
+  c.evaluation.grid_examples = 8       # columns of the Fig. 3 sample grid
+  c.evaluation.amplify = 5.0           # the grid shows |x~ - x| * amplify
   return c
 
 
@@ -123,15 +145,23 @@ def fmnist() -> ml_collections.ConfigDict:
   c.perturb.labels = "true"
   c.perturb.bn_mode = "eval"
   c.perturb.random_start = False
+  c.evaluation.attacks = (
+      ("rla", dict(method="rla", norm="linf", eps=0.15)),
+      ("ala", dict(method="ala", norm="linf", eps=0.05, step_size=0.01, steps=10,
+                   random_start=False)),
+  )
   return c
 
 
 def finish(c: ml_collections.ConfigDict, arg=None) -> ml_collections.ConfigDict:
-  """Applies the variant named by `arg`: None (full scale) or 'smoke' (seconds on a CPU)."""
+  """Applies the variant named by `arg`: None (full scale), 'cpu' (reduced models and epochs
+  that finish on a 2-core CPU in minutes to hours) or 'smoke' (seconds, for tests)."""
   if arg in (None, ""):
     return c
+  if arg == "cpu":
+    return _cpu(c)
   if arg != "smoke":
-    raise ValueError(f"Unknown config variant {arg!r}; use the file alone or FILE.py:smoke.")
+    raise ValueError(f"Unknown config variant {arg!r}; use FILE.py, FILE.py:cpu or FILE.py:smoke.")
   c.data.train_split = "train[:256]"
   c.data.eval_split = "train[-64:]" if c.data.eval_split.startswith("train") else "test[:64]"
   c.data.train_size = 64
@@ -157,4 +187,33 @@ def finish(c: ml_collections.ConfigDict, arg=None) -> ml_collections.ConfigDict:
   c.classifier.log_every = 2
   c.classifier.checkpoint_every = 2
   c.classifier.eval_every_epochs = 1.0
+  return c
+
+
+def _cpu(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Reduced scale for a 2-core CPU: Glow 3x4x64, ResNet-18 at width 16, 5 flow epochs (3 for
+  the dense flow) and 60 classifier epochs (lr drops at the same fractions of training)."""
+  if c.flow.model == "Glow":
+    c.flow.arch.update(num_levels=3, num_steps=4, hidden_channels=64)
+    c.flow.epochs = 5.0
+    c.flow.warmup_samples = 50_000
+  else:
+    c.flow.epochs = 3.0
+  if c.classifier.model == "ResNet18":
+    c.classifier.arch.width = 16
+    scale = 60.0 / c.classifier.epochs
+    c.classifier.lr_boundaries = tuple(int(e * scale) for e in c.classifier.lr_boundaries)
+    c.classifier.epochs = 60.0
+    c.classifier.eval_every_epochs = 5.0
+  return c
+
+
+def sweep(runs, arg=None) -> ml_collections.ConfigDict:
+  """A sweep config (see train/sweep.py): `runs` = ((name, config_module, overrides), ...),
+  each run in the variant `arg`."""
+  finish(_common(), arg)  # rejects unknown variants early
+  c = ml_collections.ConfigDict()
+  c.distributed = _common().distributed
+  c.sweep = tuple(runs)
+  c.sweep_variant = arg or ""
   return c

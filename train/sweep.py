@@ -1,14 +1,17 @@
 """A sweep: several experiments run one after another into sub-directories of one workdir.
 
-`config.sweep` is a tuple of `(name, overrides)`; each run is `config` with the dotted-field
-`overrides` applied (`{"perturb.method": "ala", "seed": 1}`), run by `experiment.run` into
-`<workdir>/<name>`. A string value `"@other"` stands for `<workdir>/other`, so a run can use the
+`config.sweep` is a tuple of `(name, config_module, overrides)`; each run is the config of
+`configs/<config_module>.py` (in the sweep's variant, `config.sweep_variant`: '' or 'smoke' or
+'cpu') with the dotted-field `overrides` applied (`{"perturb.eps": 0.5, "seed": 1}`), run by
+`experiment.run` into `<workdir>/<name>`. A string value `"@other"` stands for `<workdir>/other`, so a run can use the
 flow that an earlier run of the sweep trained (`{"flow.checkpoint": "@flow"}`). Finished runs
 (with a `results.json`) are skipped and interrupted ones resume, so rerunning a killed sweep
 finishes it. The sweep's own `results.json` lists every run and the mean ± std of the test
-accuracy of each group of runs that differ only in `seed`.
+accuracy of each group of runs whose names differ only in a `_s<seed>` suffix.
 """
+import importlib
 import os
+import re
 import time
 from typing import Any
 
@@ -32,12 +35,16 @@ def _apply(config: ml_collections.ConfigDict, field: str, value: Any) -> None:
 
 def expand(config: ml_collections.ConfigDict, workdir: str) -> list:
   """[(name, config of that run)] with overrides applied and '@run' paths resolved."""
-  runs, names = [], [name for name, _ in config.sweep]
+  runs, names = [], [entry[0] for entry in config.sweep]
   if len(set(names)) != len(names):
     raise ValueError(f"sweep run names must be unique, got {names}.")
-  for name, overrides in config.sweep:
-    child = ml_collections.ConfigDict(config.to_dict())
-    child.sweep = ()
+  for name, module, overrides in config.sweep:
+    try:
+      get_config = importlib.import_module(f"configs.{module}").get_config
+    except ModuleNotFoundError:
+      raise ValueError(f"sweep run {name!r}: no config file configs/{module}.py.") from None
+    child = get_config(config.sweep_variant or None)
+    child.distributed = config.distributed
     for field, value in overrides.items():
       if isinstance(value, str) and value.startswith("@"):
         if value[1:] not in names:
@@ -48,11 +55,9 @@ def expand(config: ml_collections.ConfigDict, workdir: str) -> list:
   return runs
 
 
-def group_key(config: dict) -> str:
-  """Runs that differ only in their seed share a group: method and training-set size."""
-  if "classifier" not in config["stages"]:
-    return "flow"
-  return f"{config['perturb']['method']} n={config['data']['train_size'] or 'all'}"
+def group_key(name: str) -> str:
+  """Runs whose names differ only in a trailing seed tag `_s<N>` form one group."""
+  return re.sub(r"_s\d+$", "", name)
 
 
 def summarize(rows: list) -> list:
@@ -88,7 +93,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         results.write_json_atomic(os.path.join(path, results.RESULTS_FILE), out)
     else:
       logging.info("sweep: %s already finished, skipping", name)
-    row = {"name": name, "group": group_key(out["config"]), "seed": out["config"]["seed"],
+    row = {"name": name, "group": group_key(name), "seed": out["config"]["seed"],
            "wall_seconds": out.get("wall_seconds")}
     row.update({k: out[k] for k in ("test_accuracy", "train_accuracy", "val_bits_per_dim")
                 if k in out})

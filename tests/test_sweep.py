@@ -1,0 +1,65 @@
+"""The sweep runner: runs into sub-directories, shares a flow, skips finished runs, resumes."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from configs import base
+from train import experiment, sweep
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+  root = tmp_path_factory.mktemp("sweep_data")
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 256, (320, 28, 28, 1), dtype=np.uint8)
+  y = (np.arange(320) % 10).astype(np.int32)
+  np.savez(root / "d.npz", x_train=x[:256], y_train=y[:256], x_test=x[256:], y_test=y[256:])
+  return {"data.source": f"npz:{root / 'd.npz'}", "data.data_dir": str(root / "tfds")}
+
+
+def _config(source):
+  runs = [("flow", "fmnist_flow", source),
+          ("standard_s0", "fmnist_standard", dict(source, seed=0)),
+          ("standard_s1", "fmnist_standard", dict(source, seed=1)),
+          ("rla_s0", "fmnist_rla", dict(source, **{"flow.checkpoint": "@flow"}))]
+  return base.sweep(runs, "smoke")
+
+
+def test_expand_applies_overrides_and_resolves_run_paths(source, tmp_path):
+  runs = dict(sweep.expand(_config(source), str(tmp_path)))
+  assert runs["standard_s1"].seed == 1
+  assert runs["rla_s0"].flow.checkpoint == os.path.join(str(tmp_path), "flow")
+  assert runs["rla_s0"].classifier.batch_size == 16  # the smoke variant was applied
+  bad = base.sweep([("a", "fmnist_standard", {"perturb.nope": 1})], "smoke")
+  with pytest.raises(ValueError, match="perturb.nope"):
+    sweep.expand(bad, str(tmp_path))
+
+
+def test_sweep_skips_finished_runs_and_resumes_after_a_kill(source, tmp_path, monkeypatch):
+  real_run, calls = experiment.run, []
+
+  def killed_on_third(config, workdir):
+    calls.append(os.path.basename(workdir))
+    if len(calls) == 3:
+      raise KeyboardInterrupt  # the process dies in the middle of the sweep
+    return real_run(config, workdir)
+
+  monkeypatch.setattr(experiment, "run", killed_on_third)
+  with pytest.raises(KeyboardInterrupt):
+    sweep.run(_config(source), str(tmp_path))
+  assert calls == ["flow", "standard_s0", "standard_s1"]
+
+  calls.clear()
+  monkeypatch.setattr(experiment, "run", lambda c, w: (calls.append(os.path.basename(w)),
+                                                       real_run(c, w))[1])
+  out = sweep.run(_config(source), str(tmp_path))
+  assert calls == ["standard_s1", "rla_s0"]  # finished runs were skipped
+  groups = {g["group"]: g for g in out["summary"]}
+  assert groups["standard"]["n"] == 2 and groups["rla"]["n"] == 1
+  accs = [r["test_accuracy"] for r in out["runs"] if r["name"].startswith("standard")]
+  assert groups["standard"]["mean"] == pytest.approx(np.mean(accs))
+  with open(tmp_path / "results.json") as f:
+    assert [r["name"] for r in json.load(f)["runs"]] == ["flow", "standard_s0", "standard_s1",
+                                                         "rla_s0"]
