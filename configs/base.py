@@ -18,6 +18,8 @@ def _common() -> ml_collections.ConfigDict:
   # evaluates the classifier (it runs the flow stage first when it needs a flow and
   # flow.checkpoint is empty).
   c.stages = ("classifier",)
+  c.debug_kill_during_save_step = -1  # tests only: SIGKILL the run while the checkpoint of
+                                     # this step is written but not yet committed
 
   c.distributed = ml_collections.ConfigDict()
   c.distributed.coordinator_address = config_dict.placeholder(str)  # None: auto-detect
@@ -27,8 +29,11 @@ def _common() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.source = CIFAR10_TAR          # 'tfds:NAME' | 'folder:PATH' | 'idx:PATH' | 'npz:PATH'
   c.data.data_dir = ""                 # TFDS data_dir; '' = ~/.cache/jaxflowaug/tfds
-  c.data.train_split = "train[:45000]"  # flow training set; classifier subset drawn from it
-  c.data.eval_split = "train[45000:]"   # held out: CIFAR-10's test split is not used here
+  c.data.train_split = "train"          # flow training set; classifier subset drawn from it
+  c.data.eval_split = ""               # '' = a held-out part of train_split (below); or a split
+  c.data.holdout = 5000                # with eval_split '': images held out of train_split
+                                       # (seeded, class-balanced; CIFAR-10's test split is not
+                                       # used here), disjoint from every training set
   c.data.train_size = 0                # classifier training images (count); 0 = all
   c.data.train_fraction = 0.0          # ... or a fraction of train_split; 0 = unused
   c.data.subset_seed = 9999            # the authors' seed: the same subset for every method
@@ -73,6 +78,9 @@ def _common() -> ml_collections.ConfigDict:
   c.classifier.checkpoint_every = 500
   c.classifier.eval_every_epochs = 10.0  # learning curves (Fig. 4)
   c.classifier.curves_train_accuracy = True
+  # Refuse a frozen flow whose max |F^-1(F(x)) - x| on the first flow.recon_examples training
+  # images exceeds this (pixels in [0, 1]: 1e-2 is 2.5 grey levels of 255).
+  c.classifier.max_flow_reconstruction_error = 1e-2
   c.classifier.augment = ml_collections.ConfigDict(dict(
       crop_flip=False, crop_pad=4, flip=True, translate=0.0, cutout=0, mixup_alpha=0.0))
 
@@ -86,6 +94,7 @@ def _common() -> ml_collections.ConfigDict:
   c.perturb.labels = "pred"            # 'pred': the classifier's own predictions; 'true'
   c.perturb.bn_mode = "train"          # classifier BatchNorm mode during the attack
   c.perturb.fraction = 1.0             # fraction of each batch replaced by perturbed images
+  c.perturb.debug_nan_decode_step = -1  # tests only: NaN in one decoded image at this step
 
   # The 'evaluate' stage (train/evaluate.py; also `python -m train.evaluate`): the classifier of
   # this workdir on data.eval_split, clean and under attack (Tables 4-6, Figs. 3-4).
@@ -124,6 +133,7 @@ def fmnist() -> ml_collections.ConfigDict:
   c.data.source = FMNIST_IDX
   c.data.train_split = "train"
   c.data.eval_split = "test"
+  c.data.holdout = 0
   c.data.train_size = 600
   c.flow.model = "DenseFlow"
   c.flow.arch = ml_collections.ConfigDict(dict(num_blocks=12, hidden=512, clamp=2.0,
@@ -162,8 +172,10 @@ def finish(c: ml_collections.ConfigDict, arg=None) -> ml_collections.ConfigDict:
     return _cpu(c)
   if arg != "smoke":
     raise ValueError(f"Unknown config variant {arg!r}; use FILE.py, FILE.py:cpu or FILE.py:smoke.")
-  c.data.train_split = "train[:256]"
-  c.data.eval_split = "train[-64:]" if c.data.eval_split.startswith("train") else "test[:64]"
+  if c.data.eval_split:
+    c.data.train_split, c.data.eval_split = "train[:256]", "test[:64]"
+  else:
+    c.data.train_split, c.data.holdout = "train[:256]", 64
   c.data.train_size = 64
   c.data.train_fraction = 0.0
   if c.flow.model == "Glow":

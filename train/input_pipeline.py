@@ -1,11 +1,12 @@
 """The datasets of a run, from its `config.data`, fed as sharded global batches.
 
 Splits (all from `data.load`, uint8 NHWC + int32):
-- `flow_train`: what the flow learns from (`data.train_split`, whole);
-- `train`: the classifier's training set, a fixed seeded subset of `data.train_split`
-  (`data.train_size`: a count, a fraction, or None for all; the same subset for every method);
-- `eval`: `data.eval_split`, images no training set contains (for CIFAR-10, whose test split is
-  not used here, a slice of the train split disjoint from `data.train_split`).
+- `eval`: `data.eval_split`; or, when that is '', `data.holdout` images of `data.train_split`
+  held out by a seeded class-balanced draw (for CIFAR-10, whose test split is not used here:
+  the split is sorted by class, so a slice such as `train[45000:]` would hold one class);
+- `flow_train`: what the flow learns from: `data.train_split` less the held-out images;
+- `train`: the classifier's training set, a fixed seeded subset of `flow_train`
+  (`data.train_size` or `data.train_fraction`, or all; the same subset for every method).
 
 Batches are a pure function of (seed, step): `Loader.batch(step)` gives this process's rows of
 global batch `step`, and a resumed run sees exactly the batches an uninterrupted one would.
@@ -49,23 +50,45 @@ def data_dir(config: ml_collections.ConfigDict) -> str:
   return os.path.expanduser(config.data.data_dir or os.path.join("~", ".cache", "jaxflowaug", "tfds"))
 
 
+def _naming(fields: str, fn, *args, **kwargs):
+  """`fn(*args, **kwargs)`; a data error it raises is raised again prefixed with the config
+  fields that chose the data, so the message says what to change."""
+  try:
+    return fn(*args, **kwargs)
+  except (ValueError, FileNotFoundError) as e:
+    raise type(e)(f"{fields}: {e}") from None
+
+
 def load(config: ml_collections.ConfigDict) -> Datasets:
   """Loads the run's splits; every process loads the same arrays (they are small)."""
   cfg, ddir = config.data, data_dir(config)
-  info = data.info(cfg.source, data_dir=ddir)
-  full = Split(*data.load(cfg.source, cfg.train_split, data_dir=ddir))
-  evaluation = Split(*data.load(cfg.source, cfg.eval_split, data_dir=ddir))
   if cfg.train_size and cfg.train_fraction:
     raise ValueError(f"data.train_size={cfg.train_size} and data.train_fraction="
                      f"{cfg.train_fraction} are both set; set one of them to 0.")
+  source = f"data.source={cfg.source!r} (data.data_dir={ddir!r})"
+  info = _naming(source, data.info, cfg.source, data_dir=ddir)
+  full = Split(*_naming(f"data.train_split={cfg.train_split!r}", data.load, cfg.source,
+                        cfg.train_split, data_dir=ddir))
+  if cfg.eval_split:
+    evaluation = Split(*_naming(f"data.eval_split={cfg.eval_split!r}", data.load, cfg.source,
+                                cfg.eval_split, data_dir=ddir))
+  elif cfg.holdout > 0:
+    held = _naming(f"data.holdout={cfg.holdout}", data.subset_indices, full.labels, cfg.holdout,
+                   seed=cfg.subset_seed, balanced=True)
+    evaluation = full.take(held)
+    full = full.take(np.setdiff1d(np.arange(len(full)), held))
+  else:
+    raise ValueError("data.eval_split is '' and data.holdout is 0: name an evaluation split "
+                     "(e.g. 'test') or hold out data.holdout > 0 images of data.train_split.")
   size = cfg.train_size or cfg.train_fraction
   train = full
   if size:
-    train = full.take(data.subset_indices(full.labels, size, seed=cfg.subset_seed,
-                                          balanced=cfg.balanced))
+    field = "data.train_size" if cfg.train_size else "data.train_fraction"
+    train = full.take(_naming(f"{field}={size!r}", data.subset_indices, full.labels, size,
+                              seed=cfg.subset_seed, balanced=cfg.balanced))
   logging.info("data %s: flow_train %d (%s), train %d (size=%s, seed %d), eval %d (%s)",
                cfg.source, len(full), cfg.train_split, len(train), size or "all",
-               cfg.subset_seed, len(evaluation), cfg.eval_split)
+               cfg.subset_seed, len(evaluation), cfg.eval_split or f"{cfg.holdout} held out")
   return Datasets(flow_train=full, train=train, eval=evaluation, num_classes=info.num_classes,
                   class_names=tuple(info.class_names), image_shape=tuple(full.images.shape[1:]))
 

@@ -51,7 +51,8 @@ PAPER = {
     "fid": {"PGD linf ε 0.03 α 0.008 k 10": 23.61, "R-LA linf ε 0.25": 3.71,
             "A-LA l2 ε 1 α 0.5 k 3": 3.65},
     # Table 5: mean image-space (l2, linf) size of the perturbations, CIFAR-10 test images.
-    "norms": {"PGD linf ε 0.03 α 0.008 k 10": (1.13, 0.03), "PGD l2 ε 2 α 0.5 k 10": (1.98, 0.15),
+    "norms": {"PGD linf ε 0.03 α 0.008 k 10": (1.13, 0.03),
+              "PGD l2 ε 2 α 0.5 k 10": (1.98, 0.15),
               "R-LA linf ε 0.25": (4.18, 0.41), "A-LA l2 ε 1 α 0.5 k 3": (4.61, 0.44)},
     # Table 6: CIFAR-10, full training set: (attack, trained with) -> (accuracy %, relative drop
     # %). The paper's "standard" is Table 1's "standard + common DA": its clean accuracy is

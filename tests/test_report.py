@@ -1,0 +1,137 @@
+"""`train.report`: markdown tables from fixture results.json files."""
+import os
+
+import pytest
+
+from configs import cifar10_adv, cifar10_da, cifar10_standard, fmnist_adv, fmnist_standard
+from train import report, results
+
+
+def _write(root, run, stage, config, **metrics):
+  directory = os.path.join(root, run, stage)
+  os.makedirs(directory, exist_ok=True)
+  results.write_json_atomic(os.path.join(directory, results.RESULTS_FILE),
+                            dict(metrics, config=config.to_dict()))
+  return directory
+
+
+def _attack(label, accuracy, drop, l2, linf, **distances):
+  return dict(label=label, accuracy=accuracy, relative_drop=drop, l2=l2, linf=linf, **distances)
+
+
+@pytest.fixture
+def runs(tmp_path):
+  root = str(tmp_path)
+  _write(root, "cifar/standard", "classifier", cifar10_standard.get_config(), test_accuracy=0.5,
+         train_examples=2500)
+  for seed, acc in ((0, 0.80), (1, 0.82)):  # a sweep over seeds: one group
+    config = cifar10_adv.get_config()
+    config.seed = seed
+    _write(root, f"sweep/ala_s{seed}", "classifier", config, test_accuracy=acc,
+           train_examples=2500)
+  evaluated = _write(
+      root, "sweep/ala_s0", "evaluate", cifar10_adv.get_config(), clean_accuracy=0.8,
+      train_examples=2500, fid_features="inception", clean=dict(fid=1.25, kid=0.0002),
+      attacks={"rla": _attack("R-LA linf ε 0.25", 0.6, 25.0, 4.0, 0.4, fid=3.5, kid=0.001)},
+      perturbations_png="/elsewhere/perturbations.png", curves_png=None)
+  with open(os.path.join(evaluated, "perturbations.png"), "wb") as f:
+    f.write(b"png")
+  full = cifar10_da.get_config()
+  full.data.train_size = 0
+  _write(root, "cifar/da_full", "evaluate", full, clean_accuracy=0.95, train_examples=45000,
+         fid_features="classifier", clean=dict(fid_classifier_features=2.0),
+         attacks={"ala": _attack("A-LA l2 ε 1 α 0.5 k 3", 0.6, 36.84, 4.7, 0.45,
+                                 fid_classifier_features=7.0, kid_classifier_features=0.002)})
+  _write(root, "cifar/flow", "flow", cifar10_adv.get_config(), val_bits_per_dim=3.456,
+         max_reconstruction_error=2e-6)
+  for method, module in (("std", fmnist_standard), ("ala", fmnist_adv)):
+    for size in (600, 2400):
+      config = module.get_config()
+      config.data.train_size = size
+      _write(root, f"fmnist/{method}_{size}", "classifier", config,
+             test_accuracy=0.7 + size / 1e5, train_examples=size)
+  os.makedirs(os.path.join(root, "junk", "classifier"))
+  with open(os.path.join(root, "junk", "classifier", results.RESULTS_FILE), "w") as f:
+    f.write("{not json")
+  results.write_json_atomic(os.path.join(root, "sweep", results.RESULTS_FILE),
+                            {"runs": [], "summary": []})  # a sweep summary: not a stage
+  return root
+
+
+def test_report_renders_the_paper_tables(runs, capsys):
+  report.main(["report", runs])
+  text = capsys.readouterr().out
+  with open(os.path.join(runs, report.REPORT_FILE)) as f:
+    assert f.read() == text
+  lines = text.splitlines()
+  # Table 1: method x size, mean ± std over the seeds of the sweep, the paper in brackets.
+  i = lines.index("## CIFAR-10: test accuracy (%) by method and training images (Table 1)")
+  assert lines[i + 2:i + 6] == [
+      "| method | 2500 |",
+      "|---|---|",
+      "| standard | 50.0 [paper 49.8] |",
+      "| A-LA l2 ε 1 α 0.5 k 3 | 81.0 ± 1.0 (n=2) [paper 80.4] |",
+  ]
+  # Fig. 5: two sizes per method, a plot beside the table.
+  i = lines.index("## Fashion-MNIST: test accuracy (%) by method and training images (Fig. 5)")
+  assert lines[i + 2:i + 6] == [
+      "| method | 600 | 2400 |",
+      "|---|---|---|",
+      "| standard | 70.6 | 72.4 |",
+      "| A-LA linf ε 0.05 α 0.01 k 10 (no DA) | 70.6 | 72.4 |",
+  ]
+  assert "![Fashion-MNIST: test accuracy against training images](fig5_fashion_mnist.png)" in lines
+  with open(os.path.join(runs, "fig5_fashion_mnist.png"), "rb") as f:
+    assert f.read(4) == b"\x89PNG"
+  assert ("| sweep/ala_s0 | A-LA l2 ε 1 α 0.5 k 3 | R-LA linf ε 0.25 | Inception | 3.50 | 1.00 "
+          "| 3.71 |") in lines
+  assert ("| sweep/ala_s0 | A-LA l2 ε 1 α 0.5 k 3 | clean (reference) | Inception | 1.25 | 0.20 "
+          "|  |") in lines
+  # Classifier-feature distances never get the paper's FID beside them.
+  assert ("| cifar/da_full | standard + DA | A-LA l2 ε 1 α 0.5 k 3 | classifier features (not "
+          "FID) | 7.00 | 2.00 |  |") in lines
+  assert "| sweep/ala_s0 | R-LA linf ε 0.25 | 4.00 | 0.400 | 4.18 / 0.41 |" in lines
+  # Table 6: the paper's full-data numbers only beside a full-data run.
+  assert ("| cifar/da_full | standard + DA | 45000 (all) | A-LA l2 ε 1 α 0.5 k 3 | 95.0 | 60.0 "
+          "| 36.8 | 58.8 / 38.2 |") in lines
+  assert ("| sweep/ala_s0 | A-LA l2 ε 1 α 0.5 k 3 | 2500 | R-LA linf ε 0.25 | 80.0 | 60.0 "
+          "| 25.0 |  |") in lines
+  assert "| cifar/flow | CIFAR-10 | Glow | 3.456 | 2.0e-06 |" in lines
+  # Figures are linked where they are now, whatever path results.json recorded.
+  assert "- `sweep/ala_s0`: [perturbations (Fig. 3)](sweep/ala_s0/evaluate/perturbations.png)" \
+      in lines
+  assert not any("junk" in line for line in lines)
+
+
+def test_report_has_only_the_sections_with_rows(tmp_path):
+  _write(str(tmp_path), "flow_only", "flow", cifar10_adv.get_config(), val_bits_per_dim=3.5)
+  text = report.write_report(str(tmp_path))
+  assert "## Flows" in text
+  for missing in ("Table 1", "Table 4", "Table 5", "Table 6", "Fig. 5", "## Figures"):
+    assert missing not in text
+
+
+def test_report_of_an_empty_or_missing_directory(tmp_path):
+  assert "No `results.json`" in report.write_report(str(tmp_path))
+  with pytest.raises(ValueError, match="RUNS_DIR"):
+    report.write_report(str(tmp_path / "absent"))
+
+
+@pytest.mark.parametrize("module,change,label", [
+    (cifar10_standard, {}, "standard"),
+    (cifar10_da, {}, "standard + DA"),
+    (cifar10_da, {"classifier.augment.cutout": 16}, "Cutout"),
+    (cifar10_da, {"classifier.augment.mixup_alpha": 1.0}, "Mixup"),
+    (cifar10_adv, {}, "A-LA l2 ε 1 α 0.5 k 3"),
+    (cifar10_adv, {"classifier.augment.crop_flip": False}, "A-LA l2 ε 1 α 0.5 k 3 (no DA)"),
+    (fmnist_adv, {"perturb.method": "rla", "perturb.eps": 0.15}, "R-LA linf ε 0.15 (no DA)"),
+])
+def test_method_labels_match_the_papers_rows(module, change, label):
+  config = module.get_config()
+  for field, value in change.items():
+    *path, name = field.split(".")
+    node = config
+    for part in path:
+      node = node[part]
+    node[name] = value
+  assert report.method_label(config.to_dict()) == label
