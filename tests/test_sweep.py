@@ -63,3 +63,18 @@ def test_sweep_skips_finished_runs_and_resumes_after_a_kill(source, tmp_path, mo
   with open(tmp_path / "results.json") as f:
     assert [r["name"] for r in json.load(f)["runs"]] == ["flow", "standard_s0", "standard_s1",
                                                          "rla_s0"]
+
+
+@pytest.mark.parametrize("module", ["quickstart", "table1", "table2_cifar100", "table3_svhn",
+                                    "fig5_fmnist", "grid_cutout", "grid_mixup"])
+@pytest.mark.parametrize("variant", [None, "cpu", "smoke"])
+def test_every_sweep_config_expands_to_valid_runs(module, variant, tmp_path):
+  import importlib
+
+  from train import classifier_trainer
+  config = importlib.import_module(f"configs.{module}").get_config(variant)
+  runs = sweep.expand(config, str(tmp_path))
+  assert runs
+  for _, child in runs:
+    if "classifier" in child.stages:
+      classifier_trainer.validate(child)

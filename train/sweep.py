@@ -97,11 +97,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
            "wall_seconds": out.get("wall_seconds")}
     row.update({k: out[k] for k in ("test_accuracy", "train_accuracy", "val_bits_per_dim")
                 if k in out})
+    row["figures"] = sorted(v for k, v in out.items() if k.endswith("_png") and v)
     rows.append(row)
   summary = summarize(rows)
   payload = {"runs": rows, "summary": summary, "wall_seconds_this_call": time.time() - start}
   if jax.process_index() == 0:
     results.write_json_atomic(os.path.join(workdir, results.RESULTS_FILE), payload)
     print(table(summary))
+    for row in rows:
+      for path in row["figures"]:
+        print(f"figure ({row['name']}): {path}")
     print(f"sweep results: {os.path.join(workdir, results.RESULTS_FILE)}")
   return payload
