@@ -1,0 +1,139 @@
+"""Timing and cost measurement shared by the benchmarks.
+
+`measure(fn, *args)` compiles `jax.jit(fn)` once (timing the compile), counts FLOPs per call,
+then times calls (after one warm-up) and keeps the fastest of `repeats`: shared machines are
+noisy, so minima and ratios measured in one process are what the benchmarks report, never
+single wall times.
+
+FLOPs. XLA's cost analysis (`compiled.cost_analysis()['flops']`) counts the body of a loop
+once, whatever its trip count, and the flows scan their steps and the attacks loop over PGD
+iterations, so it undercounts exactly the programs measured here (a 3x32 Glow by ~32x). The
+benchmarks therefore count the arithmetic from the jaxpr (`jaxpr_flops`): 2*M*N*K for every
+`dot_general` and 2*out*KH*KW*C_in/groups for every convolution, loop bodies multiplied by their
+trip counts. Element-wise work is not counted. XLA's number is kept beside it (`xla_flops`).
+"""
+import dataclasses
+import math
+import time
+from typing import Any, Callable, Optional
+
+import jax
+import jax.extend as jex
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass
+class Measurement:
+  name: str
+  seconds: float              # fastest call
+  compile_seconds: float
+  flops: float                # per call, matmul/conv FLOPs counted from the jaxpr
+  items: int                  # images per call
+  xla_flops: float = 0.0      # per call, XLA's cost analysis (loop bodies counted once)
+  note: str = ""
+
+  @property
+  def items_per_second(self) -> float:
+    return self.items / self.seconds
+
+  @property
+  def flops_per_second(self) -> float:
+    return self.flops / self.seconds
+
+  def row(self, peak: Optional[float] = None) -> dict:
+    out = {"name": self.name, "img_per_s": self.items_per_second, "seconds": self.seconds,
+           "compile_s": self.compile_seconds, "gflop_per_call": self.flops / 1e9,
+           "gflop_per_s": self.flops_per_second / 1e9, "xla_gflop_per_call": self.xla_flops / 1e9,
+           "items": self.items, "note": self.note}
+    if peak:
+      out["fraction_of_matmul_peak"] = self.flops_per_second / peak
+    return out
+
+
+def _block(tree: Any) -> Any:
+  return jax.block_until_ready(tree)
+
+
+def measure(name: str, fn: Callable, *args, items: int, repeats: int = 3,
+            carry: Optional[Callable[[Any, tuple], tuple]] = None, note: str = "",
+            min_seconds: float = 0.0) -> Measurement:
+  """Compiles and times `fn(*args)`.
+
+  `carry(out, args) -> args` feeds a call's output into the next call's arguments (train
+  steps whose state goes round); otherwise every call gets the same arguments. Stops after
+  `repeats` timed calls, or keeps going until `min_seconds` have passed.
+  """
+  start = time.perf_counter()
+  compiled = jax.jit(fn).lower(*args).compile()
+  compile_seconds = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  xla_flops = float((cost or {}).get("flops", 0.0))
+  flops = jaxpr_flops(fn, *args)
+  out = _block(compiled(*args))  # warm-up
+  if carry is not None:
+    args = carry(out, args)
+  best, total, calls = float("inf"), 0.0, 0
+  while calls < repeats or total < min_seconds:
+    t0 = time.perf_counter()
+    out = _block(compiled(*args))
+    elapsed = time.perf_counter() - t0
+    best, total, calls = min(best, elapsed), total + elapsed, calls + 1
+    if carry is not None:
+      args = carry(out, args)
+  return Measurement(name, best, compile_seconds, flops, items, xla_flops, note)
+
+
+def _eqn_flops(eqn) -> float:
+  name, params = eqn.primitive.name, eqn.params
+  if name == "dot_general":
+    (lhs_contract, _), _ = params["dimension_numbers"]
+    lhs = eqn.invars[0].aval.shape
+    k = math.prod(lhs[d] for d in lhs_contract)
+    return 2.0 * math.prod(eqn.outvars[0].aval.shape) * k
+  if name == "conv_general_dilated":
+    rhs = eqn.invars[1].aval.shape
+    spec = params["dimension_numbers"].rhs_spec  # (out, in, spatial...)
+    per_out = rhs[spec[1]] * math.prod(rhs[d] for d in spec[2:])
+    return 2.0 * math.prod(eqn.outvars[0].aval.shape) * per_out
+  inner = [v for v in params.values() if isinstance(v, (jex.core.Jaxpr, jex.core.ClosedJaxpr))]
+  branches = params.get("branches")
+  if name == "scan":
+    return params["length"] * _jaxpr_flops(params["jaxpr"])
+  if name == "while":
+    return _jaxpr_flops(params["body_jaxpr"])  # trip count unknown: counted once, as XLA does
+  if branches:
+    return max(_jaxpr_flops(b) for b in branches)
+  return sum(_jaxpr_flops(j) for j in inner)
+
+
+def _jaxpr_flops(jaxpr) -> float:
+  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+  return sum(_eqn_flops(eqn) for eqn in jaxpr.eqns)
+
+
+def jaxpr_flops(fn: Callable, *args) -> float:
+  """Matmul and convolution FLOPs of one call of `fn(*args)`, loops times their trip counts."""
+  return _jaxpr_flops(jax.make_jaxpr(fn)(*args))
+
+
+def matmul_peak(n: int = 2048, dtype=jnp.float32, repeats: int = 5) -> float:
+  """The machine's measured dense matmul rate (FLOP/s) for an n x n x n product."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
+  m = measure(f"matmul {n} {jnp.dtype(dtype).name}", lambda x, y: x @ y, a, a, items=1,
+              repeats=repeats)
+  return 2.0 * n ** 3 / m.seconds
+
+
+def markdown_table(rows: list, columns: list) -> str:
+  """Rows (dicts) as a markdown table; `columns` = [(header, key, format)]."""
+  lines = ["| " + " | ".join(h for h, _, _ in columns) + " |",
+           "|" + "---|" * len(columns)]
+  for row in rows:
+    cells = []
+    for _, key, fmt in columns:
+      value = row.get(key)
+      cells.append("" if value is None else (fmt.format(value) if fmt else str(value)))
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)

@@ -1,0 +1,157 @@
+"""The benchmark suite, in one process: `python -m benchmarks.run [--sections ...]`.
+
+Measures the machine's float32 matmul rate, then flows (forward, inverse, train step),
+classifier train steps, the standard / R-LA / A-LA / image-PGD steps, compile time against
+flow depth, and the input pipeline; writes `benchmarks/results/<platform>.json` and the
+tables of `BENCHMARKS.md` for that platform (other platforms' sections are kept). Speeds are
+the fastest of a few calls; FLOPs are counted from the jaxpr (see `benchmarks/harness.py`).
+"""
+import argparse
+import functools
+import json
+import os
+import platform
+import re
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import augment, flow, harness
+from configs import cifar10_standard, fmnist_standard
+from train import classifier_trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SECTIONS = ("flow", "classifier", "augment", "depth", "data")
+STEP_COLUMNS = [("what", "name", None), ("img/s", "img_per_s", "{:.2f}"),
+                ("GFLOP/call", "gflop_per_call", "{:.2f}"), ("GFLOP/s", "gflop_per_s", "{:.1f}"),
+                ("of matmul peak", "fraction_of_matmul_peak", "{:.0%}"),
+                ("compile s", "compile_s", "{:.1f}")]
+
+
+def classifier_steps(accelerator: bool) -> list:
+  """Plain train steps (no augmentation): ResNet-18 at batch 128 and the CNN at batch 100."""
+  rows = []
+  for name, config, shape, batch_size in (
+      ("ResNet-18 train step", cifar10_standard.get_config(), (32, 32, 3), 128),
+      ("ResNet-18 bf16 train step", cifar10_standard.get_config(), (32, 32, 3), 128),
+      ("Fashion-MNIST CNN train step", fmnist_standard.get_config(), (28, 28, 1), 100)):
+    if "bf16" in name:
+      if not accelerator:
+        continue
+      config.classifier.arch.dtype = "bfloat16"
+    rng = np.random.default_rng(0)
+    batch = {"image": jnp.asarray(rng.integers(0, 256, (batch_size,) + shape, np.uint8)),
+             "label": jnp.asarray(np.arange(batch_size) % 10, jnp.int32)}
+    model = classifier_trainer.create_model(config, 10)
+    tx = classifier_trainer.create_optimizer(config.classifier, steps_per_epoch=100)
+    state = jax.jit(lambda k: classifier_trainer.create_train_state(model, k, shape, tx))(
+        jax.random.PRNGKey(0))
+    step = functools.partial(classifier_trainer.train_step, model=model, flow=None,
+                             config=config, num_classes=10)
+    rows.append(harness.measure(f"{name}, batch {batch_size}", step, state, batch,
+                                jax.random.PRNGKey(1), None, items=batch_size, repeats=2,
+                                carry=lambda out, args: (out[0],) + args[1:]))
+  return rows
+
+
+def machine() -> dict:
+  device = jax.devices()[0]
+  return {"platform": jax.default_backend(), "device": getattr(device, "device_kind", str(device)),
+          "device_count": jax.device_count(), "cpu_count": os.cpu_count(),
+          "processor": platform.processor() or platform.machine(), "jax": jax.__version__,
+          "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def render(results: dict) -> str:
+  """The markdown section of one platform."""
+  m, peak = results["machine"], results["matmul_flops"]
+  out = [f"## {m['platform']}: {m['device']} x{m['device_count']} ({m['date']}, jax {m['jax']}, "
+         f"{m['cpu_count']} CPU cores)", "",
+         f"Measured float32 matmul (2048^3): **{peak / 1e9:.1f} GFLOP/s**"
+         + (f"; bfloat16: {results['matmul_bf16_flops'] / 1e12:.1f} TFLOP/s"
+            if results.get("matmul_bf16_flops") else "") + ".", ""]
+  titles = {"flow": "Flows", "classifier": "Classifier train steps",
+            "augment": "Train steps with each perturbation"}
+  for key in ("flow", "classifier", "augment"):
+    if results.get(key):
+      out += [f"### {titles[key]}", "", harness.markdown_table(results[key], STEP_COLUMNS), ""]
+  if results.get("augment_ratios"):
+    out += ["A-LA cost against its arithmetic (target: time ratio <= 1.1 x FLOP ratio):", "",
+            harness.markdown_table(results["augment_ratios"], [
+                ("setup", "setup", None), ("A-LA / standard time", "time_ratio", "{:.2f}"),
+                ("A-LA / standard FLOPs", "flop_ratio", "{:.2f}"),
+                ("time / FLOP ratio", "time_over_flops", "{:.2f}"),
+                ("target met", "target_met", None)]), ""]
+  if results.get("depth"):
+    out += ["### Compile time against Glow depth (3 levels x K steps x 64, train step)", "",
+            harness.markdown_table(results["depth"], [("K", "depth", None),
+                                                      ("compile s", "compile_s", "{:.1f}"),
+                                                      ("step s", "step_s", "{:.2f}")]), ""]
+  if results.get("data"):
+    d = results["data"]
+    out += ["### Input pipeline (CIFAR-10 tar, batch 128)", "",
+            f"First batch cold {d['cold_first_batch_s']:.1f} s, cached "
+            f"{d['cached_first_batch_s']:.1f} s; assembly {d['assembly_img_per_s']:.0f} img/s; "
+            f"assembly + transfer + crop/flip {d['pipeline_img_per_s']:.0f} img/s.", ""]
+  return "\n".join(out)
+
+
+def write_markdown(results: dict, path: str) -> None:
+  """Replaces this platform's section of BENCHMARKS.md, keeping the others."""
+  header = ("# Benchmarks\n\nWritten by `python -m benchmarks.run` (one process per platform; "
+            "compare only numbers from the same section). Raw numbers: `benchmarks/results/`.\n")
+  sections = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      text = f.read()
+    for block in re.split(r"(?m)^(?=## )", text)[1:]:
+      sections[block.split(":")[0][3:].strip()] = block.rstrip() + "\n"
+  sections[results["machine"]["platform"]] = render(results).rstrip() + "\n"
+  notes = ""
+  if os.path.exists(path):
+    match = re.search(r"(?ms)^<!-- notes -->.*", text)
+    notes = match.group(0) if match else ""
+  with open(path, "w") as f:
+    f.write(header + "\n" + "\n".join(sections[k] for k in sorted(sections)) + "\n" + notes)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--sections", default=",".join(SECTIONS),
+                      help=f"comma-separated subset of {SECTIONS}")
+  parser.add_argument("--reduced-only", action="store_true",
+                      help="skip the full-scale CIFAR Glow in the augment section")
+  parser.add_argument("--markdown", default=os.path.join(ROOT, "BENCHMARKS.md"))
+  args = parser.parse_args(argv)
+  sections = args.sections.split(",")
+  accelerator = jax.default_backend() != "cpu"
+  results = {"machine": machine(), "matmul_flops": harness.matmul_peak()}
+  peak = results["matmul_flops"]
+  if accelerator:
+    results["matmul_bf16_flops"] = harness.matmul_peak(8192, jnp.bfloat16)
+  print(f"matmul float32: {peak / 1e9:.1f} GFLOP/s", flush=True)
+  if "flow" in sections:
+    results["flow"] = [m.row(peak) for m in flow.run(accelerator)]
+  if "classifier" in sections:
+    results["classifier"] = [m.row(peak) for m in classifier_steps(accelerator)]
+  if "augment" in sections:
+    ms = augment.run(accelerator, only_reduced=args.reduced_only)
+    results["augment"] = [m.row(peak) for m in ms]
+    results["augment_ratios"] = augment.ratios(ms)
+  if "depth" in sections:
+    results["depth"] = flow.compile_vs_depth()
+  if "data" in sections:
+    from benchmarks import data as data_bench
+    results["data"] = data_bench.run()
+  os.makedirs(os.path.join(ROOT, "benchmarks", "results"), exist_ok=True)
+  with open(os.path.join(ROOT, "benchmarks", "results", f"{results['machine']['platform']}.json"),
+            "w") as f:
+    json.dump(results, f, indent=2, default=float)
+  write_markdown(results, args.markdown)
+  print(render(results))
+
+
+if __name__ == "__main__":
+  main()
