@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from jaxflowaug import flows
 
@@ -384,3 +385,23 @@ class FlowTest(chex.TestCase):
     dense, dense_variables, _, x, y, _, _ = _flow('dense')
     with self.assertRaisesRegex(ValueError, 'image_shape'):
       dense.apply(dense_variables, x[:, :2], y, method=dense.inverse)
+
+
+@pytest.mark.parametrize('make', [
+    lambda remat: flows.Glow(num_levels=2, num_steps=2, hidden_channels=8, remat=remat),
+    lambda remat: flows.DenseFlow(num_blocks=2, hidden=16, num_classes=3, image_shape=(4, 4, 1),
+                                  remat=remat)])
+def test_remat_gives_the_same_gradients(make):
+  plain, remat = make(False), make(True)
+  x = jax.random.uniform(jax.random.PRNGKey(0), (4, 4, 4, 1 if plain.__class__.__name__ ==
+                                                  'DenseFlow' else 3))
+  y = jnp.arange(4) % 3 if isinstance(plain, flows.DenseFlow) else None
+  variables = plain.init(jax.random.PRNGKey(1), x, y, method=plain.forward)
+
+  def loss(params, flow):
+    return jnp.sum(flow.apply({**variables, 'params': params}, x, y, method=flow.log_prob))
+
+  g_plain = jax.grad(loss)(variables['params'], plain)
+  g_remat = jax.grad(loss)(variables['params'], remat)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               g_plain, g_remat)

@@ -81,15 +81,19 @@ def check_int(name, value, minimum):
     raise ValueError(f'{name}={value!r}; it must be an integer >= {minimum}.')
 
 
-def scan_layers(body, layer, x, *args, length, reverse, in_axes):
+def scan_layers(body, layer, x, *args, length, reverse, in_axes, remat=False):
   """Applies `body(layer, x, *args) -> (x, logdet)` `length` times with jax.lax.scan.
 
   `layer`'s variables ('params' and 'consts') get a leading axis of size `length`, one slice
   per application, so compile time does not grow with depth. `in_axes` says, per entry of
   `args`, `flax.linen.broadcast` (the same every time) or 0 (scanned over its leading axis).
-  `reverse=True` runs the slices from last to first, as an inverse needs.
+  `reverse=True` runs the slices from last to first, as an inverse needs. `remat=True`
+  rematerialises each application in the backward pass (`nn.remat`): activation memory of one
+  step instead of `length`, for one more forward pass.
   Returns (x, summed logdet (B,)).
   """
+  if remat:
+    body = nn.remat(body)
   scanned = nn.scan(body, variable_axes={'params': 0, 'consts': 0},
                     split_rngs={'params': True}, in_axes=in_axes, length=length,
                     reverse=reverse)

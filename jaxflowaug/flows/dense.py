@@ -122,6 +122,7 @@ class DenseFlow(Flow):
     noise_std: std of the dequantisation noise (paper: 0.1).
     image_shape: (H, W, C) of the inputs.
     permutation_seed: numpy seed of the fixed permutations.
+    remat: rematerialise each block in the backward pass (less memory, one more forward).
 
   Raises:
     ValueError: for an invalid attribute (at construction) or input (at call).
@@ -133,6 +134,7 @@ class DenseFlow(Flow):
   noise_std: float = 0.1
   image_shape: tuple = (28, 28, 1)
   permutation_seed: int = 0
+  remat: bool = False
 
   def __post_init__(self):
     check_int('num_blocks', self.num_blocks, 1)
@@ -175,7 +177,8 @@ class DenseFlow(Flow):
   def _blocks(self, h, y, inverse):
     body = _unpermute_then_uncouple if inverse else _coupling_then_permute
     return scan_layers(body, self.block, h, self.permutations.value, y,
-                       length=self.num_blocks, reverse=inverse, in_axes=(0, nn.broadcast))
+                       length=self.num_blocks, reverse=inverse, in_axes=(0, nn.broadcast),
+                       remat=self.remat)
 
   def forward(self, x, y=None, dequantize=False):
     """x (B, H, W, C) -> (z (B, H, W, C), logdet (B,)); noise added if `dequantize`."""

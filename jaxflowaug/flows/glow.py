@@ -93,6 +93,7 @@ class Glow(Flow):
     logit_bound: preprocessing bound b in (0, 1) (authors: 0.9).
     authors_decode: if True, the inverse ends in sigmoid only (see `Preprocess`).
     class_embed_dim: class embedding size of each coupling net (num_classes > 0).
+    remat: rematerialise each step in the backward pass (less memory, one more forward).
 
   Raises:
     ValueError: for an invalid attribute (at construction) or input (at call).
@@ -107,6 +108,7 @@ class Glow(Flow):
   logit_bound: float = 0.9
   authors_decode: bool = False
   class_embed_dim: int = 16
+  remat: bool = False
 
   def __post_init__(self):
     check_int('num_levels', self.num_levels, 1)
@@ -152,7 +154,7 @@ class Glow(Flow):
   def _steps(self, level, h, y, inverse):
     step = GlowStep.inverse if inverse else GlowStep.forward
     return scan_layers(step, level, h, y, length=self.num_steps, reverse=inverse,
-                       in_axes=nn.broadcast)
+                       in_axes=nn.broadcast, remat=self.remat)
 
   def forward(self, x, y=None, dequantize=False):
     """x (B, H, W, C) in [0, 1] -> (z (B, H, W, C), logdet (B,)).
