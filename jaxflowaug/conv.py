@@ -1,13 +1,222 @@
 """The convolution every model and flow in the project uses.
 
-`Conv` is `flax.linen.Conv` with the project's `conv_general_dilated`, so a faster
-platform-specific implementation can be swapped in at one place.
+`Conv` is `flax.linen.Conv` with the project's `conv_general_dilated`, a drop-in for
+`lax.conv_general_dilated` (same signature, values and derivatives) that differentiates
+faster on CPU.
+
+Why: XLA:CPU hands forward convolutions to a fast library kernel, but some convolutions
+that autodiff derives for the gradients are awkward for it, e.g. (measured on a 2-core
+Xeon, `python -m benchmarks.conv`):
+
+* the weight gradient of a 1x1 convolution, really a matmul, runs as a "convolution" with
+  an OHxOW window, 3-6x slower than the matmul;
+* with few input channels (Glow's coupling nets, 6 -> 512) the input gradient is a
+  convolution with few output channels, which the kernel library handles poorly;
+* the input gradient of a strided convolution convolves an interior-padded (mostly zero)
+  cotangent.
+
+Math. NHWC input x[n, h, w, c], HWIO kernel k[i, j, c, o], strides (sh, sw), padding
+((ph_lo, ph_hi), (pw_lo, pw_hi)), xp = zero-padded x, output (N, OH, OW, O) with
+OH = (H + ph_lo + ph_hi - KH) // sh + 1. With the "taps"
+T_ij[n, a, b, c] = xp[n, a*sh + i, b*sw + j, c] (one strided slice of xp per kernel
+position) the convolution is y = sum_ij T_ij @ k[i, j], which can be written as
+
+* ``"lax"``: `lax.conv_general_dilated`;
+* ``"im2col"``: one matmul y = P @ k.reshape(KH*KW*C, O) with the patches
+  P[n, a, b, (i*KW + j)*C + c] = T_ij[n, a, b, c];
+* ``"shifted"``: KH*KW matmuls y = sum_ij T_ij @ k[i, j], no patch matrix.
+
+All three are linear in x and in k, so JAX's transposes of them are the gradients:
+for the weight, "lax" gives lax's backward-filter convolution, "im2col" dk = P^T @ dy, and
+"shifted" dk[i, j] = T_ij^T @ dy; for the input, "lax" gives lax's backward-input
+convolution, and "im2col" the col2im form: one matmul G = dy @ k.reshape(-1, O)^T whose
+KH*KW slices are scattered back by `lax.pad` with interior padding (stride - 1) and summed.
+
+`planned_conv` is a `jax.custom_jvp` whose primal uses one form and whose tangent
+dy = conv(dx, k) + conv(x, dk) uses a form per term (a `Plan`), so reverse mode
+gets the chosen gradient forms while forward mode (jvp, jacfwd), vmap, jit and
+higher-order derivatives keep working. Residuals: an "im2col"/"shifted" weight-tangent form
+keeps P (KH*KW times x) for the backward pass; `choose_plan` uses one only for 1x1
+kernels, where P is x itself (or its strided subsample).
+
+Platform. `conv_general_dilated` stages `lax.platform_dependent(cpu=planned_conv with
+choose_plan(...), default=lax.conv_general_dilated)`: the choice follows the platform
+the computation is lowered for (not the default backend) and the compiler never sees a
+conditional, so GPU/TPU run plain lax. Arguments outside the supported set (not 2-D
+NHWC/HWIO, dilation, groups, negative padding, non-float dtypes, `out_sharding`) are
+plain `lax.conv_general_dilated` everywhere.
 """
+import dataclasses
 import functools
+from collections.abc import Sequence
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
-conv_general_dilated = lax.conv_general_dilated
+# Flax's dimension numbers for 2-D convolutions: NHWC input and output, HWIO kernel.
+_NHWC_HWIO = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
+                                      out_spec=(0, 3, 1, 2))
+FORMS = ("lax", "im2col", "shifted")
+
+Pads = tuple[tuple[int, int], tuple[int, int]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """Which form (one of `FORMS`, see the module docstring) computes each product.
+
+  Attributes:
+    forward: form of the primal y = conv(x, k).
+    input_grad: form of the tangent term conv(dx, k); the input gradient is its transpose.
+    weight_grad: form of the tangent term conv(x, dk); the weight gradient is its transpose.
+  """
+  forward: str
+  input_grad: str
+  weight_grad: str
+
+  def __post_init__(self):
+    for field in ("forward", "input_grad", "weight_grad"):
+      if getattr(self, field) not in FORMS:
+        raise ValueError(f"Plan.{field} must be one of {FORMS}, got {getattr(self, field)!r}.")
+
+
+def choose_plan(k_shape: Sequence[int], strides: Sequence[int]) -> Plan:
+  """The CPU plan for an HWIO kernel of `k_shape` applied with `strides`.
+
+  From `benchmarks/conv.py` on a 2-core AVX-512 Xeon, XLA:CPU 0.10.2 (whole forward +
+  backward compared per plan): a 1x1 convolution is a matmul in all three products (its
+  weight gradient 3-6x faster than lax's); the input gradient is faster as col2im
+  ("im2col" tangent) with few input channels (C < 32, ~1.3-2x) or a stride (lax's
+  convolves an interior-padded cotangent); everything else stays lax. The "im2col"
+  weight gradient of a KxK kernel pays for building P (XLA:CPU's concatenate is slow),
+  and for 3x3 kernels at >= 64 channels the weight gradient is a long-contraction,
+  small-output product that none of the forms tried beats (lax, im2col, shifted, and
+  transposed-layout, tiled and space-to-depth variants).
+  """
+  kh, kw = k_shape[:2]
+  if kh == kw == 1:
+    return Plan("im2col", "im2col", "im2col")
+  few_in = k_shape[2] < 32
+  strided = any(s > 1 for s in strides)
+  return Plan("lax", "im2col" if few_in or strided else "lax", "lax")
+
+
+def _taps(x, k_shape, strides, pads):
+  """T_ij[n, a, b, c] = xp[n, a*sh + i, b*sw + j, c], a list in row-major (i, j) order."""
+  kh, kw = k_shape[:2]
+  sh, sw = strides
+  xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
+  n, hp, wp, c = xp.shape
+  oh, ow = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+  return [lax.slice(xp, (0, i, j, 0), (n, i + (oh - 1) * sh + 1, j + (ow - 1) * sw + 1, c),
+                    (1, sh, sw, 1))
+          for i in range(kh) for j in range(kw)]
+
+
+def conv_form(form, x, k, strides, pads, precision=None, preferred_element_type=None):
+  """y = conv(x, k), NHWC (N, H, W, C) * HWIO (KH, KW, C, O) -> (N, OH, OW, O), by `form`."""
+  if form == "lax":
+    return lax.conv_general_dilated(x, k, strides, pads, dimension_numbers=_NHWC_HWIO,
+                                    precision=precision,
+                                    preferred_element_type=preferred_element_type)
+  taps = _taps(x, k.shape, strides, pads)
+  dot = functools.partial(lax.dot_general, dimension_numbers=(((3,), (0,)), ((), ())),
+                          precision=precision, preferred_element_type=preferred_element_type)
+  if form == "im2col":
+    patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+    return dot(patches, k.reshape(-1, k.shape[3]))
+  return sum(dot(t, kt) for t, kt in zip(taps, k.reshape(len(taps), *k.shape[2:])))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5, 6))
+def planned_conv(x, k, strides: tuple[int, int], pads: Pads, plan: Plan, precision=None,
+                 preferred_element_type=None):
+  """NHWC x (N, H, W, C) * HWIO k (KH, KW, C, O) -> y (N, OH, OW, O), products per `plan`.
+
+  Equal to `lax.conv_general_dilated(x, k, strides, pads, dimension_numbers=NHWC/HWIO,
+  precision=..., preferred_element_type=...)` with the same derivatives on every
+  platform; `plan` only changes speed (and residual memory). `pads` are explicit,
+  non-negative ((ph_lo, ph_hi), (pw_lo, pw_hi)).
+  """
+  return conv_form(plan.forward, x, k, strides, pads, precision, preferred_element_type)
+
+
+def _planned_conv_jvp(strides, pads, plan, precision, preferred_element_type, primals,
+                      tangents):
+  """dy = conv(dx, k) [form plan.input_grad] + conv(x, dk) [form plan.weight_grad].
+
+  With symbolic zeros an unperturbed input contributes no term (JAX calls the rule only
+  when at least one input is perturbed).
+  """
+  x, k = primals
+  dx, dk = tangents
+  conv = functools.partial(conv_form, strides=strides, pads=pads, precision=precision,
+                           preferred_element_type=preferred_element_type)
+  terms = []
+  if not isinstance(dx, SymbolicZero):
+    terms.append(conv(plan.input_grad, dx, k))
+  if not isinstance(dk, SymbolicZero):
+    terms.append(conv(plan.weight_grad, x, dk))
+  return conv(plan.forward, x, k), sum(terms[1:], terms[0])
+
+
+planned_conv.defjvp(_planned_conv_jvp, symbolic_zeros=True)
+
+
+def cpu_plan(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+             dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+             out_sharding=None) -> tuple[tuple[int, int], Pads, Plan] | None:
+  """(strides, explicit pads, Plan) used on CPU for these arguments, or None for plain lax.
+
+  The arguments are those of `lax.conv_general_dilated`. None means the configuration is
+  outside the supported set: not 2-D NHWC/HWIO, dilated, grouped, negatively padded,
+  non-floating, or with an explicit `out_sharding`.
+  """
+  if (lhs.ndim != 4 or rhs.ndim != 4 or feature_group_count != 1 or batch_group_count != 1
+      or out_sharding is not None
+      or any(d != 1 for d in tuple(lhs_dilation or ()) + tuple(rhs_dilation or ()))
+      or not jnp.issubdtype(lhs.dtype, jnp.floating)
+      or not jnp.issubdtype(rhs.dtype, jnp.floating)):
+    return None
+  if lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != _NHWC_HWIO:
+    return None
+  strides = tuple(int(s) for s in window_strides)
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+  pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+  if any(p < 0 for pair in pads for p in pair):
+    return None
+  return strides, pads, choose_plan(rhs.shape, strides)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                         batch_group_count=1, precision=None, preferred_element_type=None,
+                         out_sharding=None):
+  """`lax.conv_general_dilated` (same signature, values and derivatives), fast on CPU.
+
+  For supported arguments (see `cpu_plan`) this stages `lax.platform_dependent(
+  cpu=planned_conv(..., plan), default=lax.conv_general_dilated)`; otherwise it is
+  `lax.conv_general_dilated` itself.
+  """
+  lax_conv = functools.partial(
+      lax.conv_general_dilated, window_strides=window_strides, padding=padding,
+      lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+      dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+      batch_group_count=batch_group_count, precision=precision,
+      preferred_element_type=preferred_element_type, out_sharding=out_sharding)
+  spec = cpu_plan(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                  dimension_numbers, feature_group_count, batch_group_count, out_sharding)
+  if spec is None:
+    return lax_conv(lhs, rhs)
+  strides, pads, plan = spec
+  cpu_conv = functools.partial(planned_conv, strides=strides, pads=pads, plan=plan,
+                               precision=precision,
+                               preferred_element_type=preferred_element_type)
+  return lax.platform_dependent(lhs, rhs, cpu=cpu_conv, default=lax_conv)
+
 
 Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
