@@ -2,14 +2,20 @@
 
 Layout: `<workdir>/<stage>/checkpoints/<step>/{state,meta}`. `meta` holds the step (the data
 position: batches are a pure function of (seed, step), so the step alone resumes the input
-pipeline exactly) and the stage's *identity*, the config fields that fix what is being trained.
-Restoring into a workdir whose identity differs raises instead of silently mixing experiments.
-Saves are atomic (orbax writes to a temporary directory and renames), so a run killed during a
-save resumes from the previous checkpoint.
+pipeline exactly), whatever the stage adds (its learning curves, counters), and the stage's
+*identity*, the config fields that fix what is being trained. Restoring into a workdir whose
+identity differs raises instead of silently mixing experiments.
+
+Saves run in the background (training goes on meanwhile) and are atomic: orbax writes
+`<step>.orbax-checkpoint-tmp` and renames it to `<step>` once complete, so a run killed during a
+save resumes from the previous checkpoint; the next run's manager deletes the leftover
+temporary directory. `close()` waits for a save in flight.
 """
+import collections
 import json
 import os
-from typing import Any, Mapping, Optional
+import signal
+from typing import Any, Callable, Mapping, Optional
 
 import jax
 import orbax.checkpoint as ocp
@@ -19,37 +25,80 @@ def _canonical(identity: Mapping[str, Any]) -> Any:
   return json.loads(json.dumps(identity, sort_keys=True, default=str))
 
 
-class Checkpointer:
-  """Saves and restores one stage's train state with `ocp.CheckpointManager`."""
+def _flatten(tree: Any, prefix: str = "") -> dict:
+  """Nested dicts -> {'a.b': leaf}, so that differences name config fields."""
+  if not isinstance(tree, Mapping):
+    return {prefix: tree}
+  flat = {}
+  for k, v in tree.items():
+    flat.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+  return flat
 
-  def __init__(self, directory: str, identity: Mapping[str, Any], *, max_to_keep: int = 2):
+
+def _identity_diff(saved: Any, current: Any) -> str:
+  """The fields where two identity records differ: 'field: saved (checkpoint) vs current'."""
+  theirs, ours = _flatten(saved or {}), _flatten(current or {})
+  missing = "(absent)"
+  return "; ".join(f"{k}: {theirs.get(k, missing)!r} (checkpoint) vs {ours.get(k, missing)!r}"
+                   for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k))
+
+
+class Checkpointer:
+  """Saves and restores one stage's train state with `ocp.CheckpointManager`.
+
+  `read_only` opens another stage's checkpoints without touching them (a save in flight there
+  keeps its temporary directory). `kill_during_save_step` (tests only) SIGKILLs the process once
+  the checkpoint of that step is written but before orbax commits it, the worst moment for a
+  preemption to strike.
+  """
+
+  def __init__(self, directory: str, identity: Mapping[str, Any], *, max_to_keep: int = 2,
+               read_only: bool = False, kill_during_save_step: int = -1):
     self.directory = os.path.abspath(directory)
     self.identity = _canonical(identity)
+    self._unfinalized = None  # with the test hook: steps saved, not yet finalized (in order)
+    kill = None
+    if kill_during_save_step >= 0:
+      self._unfinalized = collections.deque()
+
+      def kill():  # orbax calls this after writing a save, before renaming it into place
+        if self._unfinalized.popleft() == kill_during_save_step:
+          os.kill(os.getpid(), signal.SIGKILL)
     self._manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, read_only=read_only, create=not read_only,
+            cleanup_tmp_directories=not read_only,
+            async_options=ocp.AsyncOptions(post_finalization_callback=kill)),
         item_names=("state", "meta"))
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
 
   def save(self, step: int, state: Any, meta: Optional[Mapping[str, Any]] = None) -> None:
+    """Starts saving `state` and `meta` as checkpoint `step`; returns before it is written."""
     record = dict(meta or {}, step=int(step), identity=self.identity)
+    if self._unfinalized is not None:
+      self._unfinalized.append(int(step))
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(record)))
 
   def read_meta(self, step: int) -> dict:
     return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
-  def check_identity(self, step: int) -> dict:
+  def check_identity(self, step: int,
+                     error: Optional[Callable[[str], str]] = None) -> dict:
+    """The meta of checkpoint `step`; raises ValueError if it holds another identity.
+
+    `error(diff)` builds the message from `_identity_diff`; the default speaks of the workdir.
+    """
     meta = self.read_meta(step)
     if meta.get("identity") != self.identity:
-      theirs, ours = meta.get("identity") or {}, self.identity
-      diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
-      raise ValueError(
-          f"The work directory {os.path.dirname(self.directory)} holds checkpoints of a different "
-          f"experiment (fields that differ: {', '.join(diff)}). Use a new --workdir, or delete "
-          f"{self.directory} to start this experiment over.")
+      diff = _identity_diff(meta.get("identity"), self.identity)
+      raise ValueError(error(diff) if error else (
+          f"The work directory {os.path.dirname(os.path.dirname(self.directory))} holds "
+          f"checkpoints of a different experiment in {self.directory} ({diff}). Use a new "
+          f"--workdir, or delete {self.directory} to start this experiment over."))
     return meta
 
   def restore(self, step: int, target: Any) -> tuple[Any, dict]:
@@ -66,8 +115,16 @@ class Checkpointer:
         state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
     return restored["state"], restored["meta"]
 
-  def wait(self) -> None:
+  def last_good(self) -> str:
+    """For an error that stops training: waits for a save in flight (it holds a good state)
+    and says which checkpoint a rerun resumes from."""
     self._manager.wait_until_finished()
+    step = self.latest_step()
+    if step is None:
+      return "no checkpoint was saved yet"
+    return (f"the last good checkpoint (step {step}) is kept in {self.directory}; a rerun "
+            "resumes from it")
 
   def close(self) -> None:
+    """Waits for a save in flight, then releases the manager."""
     self._manager.close()

@@ -59,6 +59,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"classifier.epochs={cfg.epochs} must be > 0.")
   if cfg.augment.cutout < 0 or cfg.augment.mixup_alpha < 0:
     raise ValueError("classifier.augment.cutout and classifier.augment.mixup_alpha must be >= 0.")
+  for field in ("log_every", "checkpoint_every"):
+    if cfg[field] < 1:
+      raise ValueError(f"classifier.{field}={cfg[field]} must be >= 1.")
+  if not cfg.max_flow_reconstruction_error > 0:
+    raise ValueError(f"classifier.max_flow_reconstruction_error={cfg.max_flow_reconstruction_error}"
+                     " must be > 0 (pixels in [0, 1]; default 1e-2).")
+  parallel.check_batch_size(cfg.batch_size, "classifier.batch_size")
+  parallel.check_batch_size(cfg.eval_batch_size, "classifier.eval_batch_size")
 
 
 def uses_flow(config: ml_collections.ConfigDict) -> bool:
@@ -100,8 +108,12 @@ def _logits(model, params, batch_stats, x, train: bool):
 
 def perturb_batch(state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array,
                   flow_vars: Any, *, model: nn.Module, flow: Optional[nn.Module],
-                  cfg: ml_collections.ConfigDict):
-  """The perturbed batch x~ (B, H, W, C) in [0, 1] and the count of non-finite decodes."""
+                  cfg: ml_collections.ConfigDict, nan_decode: Optional[jax.Array] = None):
+  """The perturbed batch x~ (B, H, W, C) in [0, 1] and the count of non-finite decodes.
+
+  `nan_decode` (tests only): a boolean scalar; where true, every decode of the flow gives NaN
+  for the first image (which must fall back to its clean image and be counted).
+  """
   attack_key, mix_key = jax.random.split(key)
   bn_train = cfg.bn_mode == "train"
   logits = functools.partial(_logits, model, state.params, state.batch_stats, train=bn_train)
@@ -118,7 +130,9 @@ def perturb_batch(state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array,
   else:
     cond = y if flow.num_classes else None
     z, _ = flow.apply(flow_vars, x, cond, method=flow.forward)
-    decode = lambda latent: flow.apply(flow_vars, latent, cond, method=flow.inverse)
+    inverse = lambda latent: flow.apply(flow_vars, latent, cond, method=flow.inverse)
+    decode = inverse if nan_decode is None else (
+        lambda latent: inverse(latent).at[0].multiply(jnp.where(nan_decode, jnp.nan, 1.0)))
     x_t, nonfinite, _ = perturb.latent_attack(
         decode, loss_fn, jax.lax.stop_gradient(z), attack_key, x_clean=x, method=cfg.method,
         eps=cfg.eps, step_size=cfg.step_size, steps=cfg.steps, norm=cfg.norm,
@@ -138,7 +152,9 @@ def augment_batch(state, batch, key, flow_vars, *, model, flow, config, num_clas
     x = augment.random_translate(k_img, x, max_frac=aug.translate)
   nonfinite = jnp.zeros((), jnp.int32)
   if p.method != "none":
-    x, nonfinite = perturb_batch(state, x, y, k_pert, flow_vars, model=model, flow=flow, cfg=p)
+    nan_decode = state.step == p.debug_nan_decode_step if p.debug_nan_decode_step >= 0 else None
+    x, nonfinite = perturb_batch(state, x, y, k_pert, flow_vars, model=model, flow=flow, cfg=p,
+                                 nan_decode=nan_decode)
   if aug.cutout:
     x = augment.cutout(k_cut, x, size=aug.cutout)
   labels = y
@@ -189,44 +205,69 @@ def evaluate(step_fn, state, split, batch_size, mesh) -> dict:
 def identity(config: ml_collections.ConfigDict) -> dict:
   """What fixes a classifier run (everything but logging and checkpoint cadence)."""
   keep = {k: config[k].to_dict() for k in ("data", "classifier", "perturb")}
-  for k in ("log_every", "checkpoint_every", "eval_every_epochs"):
+  for k in ("log_every", "checkpoint_every", "eval_every_epochs", "max_flow_reconstruction_error"):
     keep["classifier"].pop(k, None)
   keep["seed"] = config.seed
   return keep
 
 
 def load_flow(config, workdir, datasets):
-  """The frozen flow: from `flow.checkpoint`, or from this workdir's own flow stage."""
+  """The frozen flow: from `flow.checkpoint`, or from this workdir's own flow stage.
+
+  Invertibility guard: refuses (ValueError) a flow whose max |F^-1(F(x)) - x| on the first
+  `flow.recon_examples` training images exceeds `classifier.max_flow_reconstruction_error`;
+  its latent perturbations would decode to images it never meant.
+  """
   path = config.flow.checkpoint or workdir
-  return flow_trainer.load_frozen(path, config, datasets.image_shape, datasets.num_classes)
+  flow, flow_vars = flow_trainer.load_frozen(path, config, datasets.image_shape,
+                                             datasets.num_classes)
+  batch = input_pipeline.first_rows(datasets.train, config.flow.recon_examples,
+                                    parallel.make_mesh())
+  error = float(parallel.to_host(jax.jit(functools.partial(
+      flow_trainer.reconstruction_error, flow=flow))(flow_vars, batch)))
+  limit = config.classifier.max_flow_reconstruction_error
+  if not error <= limit:
+    raise ValueError(
+        f"The flow of {path!r} does not invert its own latents: max |F^-1(F(x)) - x| = {error:.3g} "
+        f"on {len(batch['label'])} training images exceeds "
+        f"classifier.max_flow_reconstruction_error={limit}. Retrain the flow (lower "
+        "flow.learning_rate or set flow.max_grad_norm), or raise "
+        "classifier.max_flow_reconstruction_error if this error is acceptable.")
+  return flow, flow_vars
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        datasets: Optional[input_pipeline.Datasets] = None) -> dict:
-  """Trains the classifier (resuming from `<workdir>/classifier`), evaluates, writes results."""
+  """Trains the classifier (resuming from `<workdir>/classifier`), evaluates, writes results.
+
+  Every check (config, data, the frozen flow and its invertibility) runs before anything is
+  written.
+  """
   validate(config)
   cfg = config.classifier
-  stage_dir = writer.stage_dir(workdir, STAGE)
-  done = results.read(stage_dir)
+  done = results.read(os.path.join(workdir, STAGE))
   if done is not None:
-    logging.info("classifier stage already finished in %s; skipping.", stage_dir)
+    logging.info("classifier stage already finished in %s; skipping.",
+                 os.path.join(workdir, STAGE))
     return done
   datasets = datasets or input_pipeline.load(config)
   mesh = parallel.make_mesh()
+  loader = input_pipeline.Loader(datasets.train, cfg.batch_size, config.seed, mesh,
+                                 "classifier.batch_size")
   model = create_model(config, datasets.num_classes)
   flow, flow_vars = None, None
   if uses_flow(config):
     flow, flow_vars = load_flow(config, workdir, datasets)
     flow_vars = parallel.replicate(flow_vars, mesh)
-  loader = input_pipeline.Loader(datasets.train, cfg.batch_size, config.seed, mesh,
-                                 "classifier.batch_size")
   tx = create_optimizer(cfg, loader.steps_per_epoch)
   total_steps = max(1, int(math.ceil(cfg.epochs * loader.steps_per_epoch)))
   init_key, train_key = jax.random.split(jax.random.PRNGKey(config.seed))
   state = jax.jit(lambda k: create_train_state(model, k, datasets.image_shape, tx),
                   out_shardings=parallel.replicated(mesh))(init_key)
 
-  ckpt = checkpoint.Checkpointer(os.path.join(stage_dir, "checkpoints"), identity(config))
+  stage_dir = writer.stage_dir(workdir, STAGE)
+  ckpt = checkpoint.Checkpointer(os.path.join(stage_dir, "checkpoints"), identity(config),
+                                 kill_during_save_step=config.debug_kill_during_save_step)
   curves, nonfinite_total = [], 0
   start = ckpt.latest_step()
   if start is not None:
@@ -249,11 +290,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       nonfinite = nonfinite + m["nonfinite_decodes"]
       log.advance()
       last = step + 1 == total_steps
-      if (step + 1) % cfg.log_every == 0 or last:
+      log_now = (step + 1) % cfg.log_every == 0 or last
+      save_now = (step + 1) % cfg.checkpoint_every == 0 or last
+      if log_now or save_now:  # a NaN loss poisons the weights: never save after one
         m = parallel.to_host(m)
         if not np.isfinite(m["loss"]):
           raise flow_trainer.NonFiniteError(
-              f"classifier loss is non-finite at step {step + 1}; lower classifier.learning_rate.")
+              f"classifier loss is non-finite at step {step + 1}; {ckpt.last_good()}. Lower "
+              "classifier.learning_rate, then rerun.")
+      if log_now:
         log.scalars(step + 1, m, prefix="train/")
       if (step + 1) % eval_every == 0 or last:
         point = {"step": step + 1, "epoch": (step + 1) / loader.steps_per_epoch,
@@ -265,12 +310,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         curves.append(point)
         log.scalars(step + 1, {k: v for k, v in point.items() if k.endswith("accuracy")},
                     prefix="eval/")
-      if (step + 1) % cfg.checkpoint_every == 0 or last:
-        nonfinite_total, nonfinite = nonfinite_total + int(nonfinite), jnp.zeros((), jnp.int32)
+      if save_now:
+        new = int(nonfinite)
+        if new:
+          logging.warning("classifier: %d perturbed image(s) decoded to NaN/inf up to step %d and "
+                          "fell back to their clean images (%d in all).", new, step + 1,
+                          nonfinite_total + new)
+        nonfinite_total, nonfinite = nonfinite_total + new, jnp.zeros((), jnp.int32)
         ckpt.save(step + 1, state, {"curves": curves, "nonfinite_decodes": nonfinite_total})
-    ckpt.wait()
   finally:
     log.close()
+    ckpt.close()
   test = evaluate(eval_fn, state, datasets.eval, cfg.eval_batch_size, mesh)
   train = evaluate(eval_fn, state, datasets.train, cfg.eval_batch_size, mesh)
   final = {"test_accuracy": test["accuracy"], "test_loss": test["loss"],
@@ -280,5 +330,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
            "nonfinite_decodes": nonfinite_total, "curves": curves}
   logging.info("classifier done: test_accuracy %.4f, train_accuracy %.4f", test["accuracy"],
                train["accuracy"])
-  ckpt.close()
   return results.write(stage_dir, final, config)

@@ -39,7 +39,24 @@ def create_flow(config: ml_collections.ConfigDict, num_classes: int) -> nn.Modul
     raise ValueError(f"flow.model={name!r} is unknown; use 'Glow' or 'DenseFlow'.")
   kwargs = dict(config.flow.arch)
   kwargs["num_classes"] = num_classes if config.flow.conditional else 0
-  return getattr(flows, name)(**kwargs)
+  try:
+    return getattr(flows, name)(**kwargs)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"flow.arch={dict(config.flow.arch)} does not fit flow.model={name!r}: "
+                     f"{e} Fix flow.arch.") from None
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks the flow fields at start-up; raises naming the field and the fix."""
+  cfg = config.flow
+  create_flow(config, 0)
+  parallel.check_batch_size(cfg.batch_size, "flow.batch_size")
+  for field in ("learning_rate", "epochs"):
+    if not cfg[field] > 0:
+      raise ValueError(f"flow.{field}={cfg[field]} must be > 0.")
+  for field in ("log_every", "checkpoint_every", "init_batch_size", "recon_examples"):
+    if cfg[field] < 1:
+      raise ValueError(f"flow.{field}={cfg[field]} must be >= 1.")
 
 
 def identity(config: ml_collections.ConfigDict, image_shape, num_classes: int) -> dict:
@@ -106,10 +123,12 @@ def eval_step(variables: dict, batch: dict, key: jax.Array, flow: nn.Module) -> 
 
 
 def reconstruction_error(variables: dict, batch: dict, flow: nn.Module) -> jax.Array:
-  """max |inverse(forward(x)) - x| over a batch (exactness of the decode, float32)."""
+  """max |inverse(forward(x)) - x| over a batch (exactness of the decode, float32); inf if any
+  entry is NaN (XLA's max may skip NaNs)."""
   x, y = input_pipeline.to_float(batch["image"]), _labels(flow, batch)
   z, _ = flow.apply(variables, x, y, method=flow.forward)
-  return jnp.max(jnp.abs(flow.apply(variables, z, y, method=flow.inverse) - x))
+  error = jnp.abs(flow.apply(variables, z, y, method=flow.inverse) - x)
+  return jnp.max(jnp.where(jnp.isnan(error), jnp.inf, error))
 
 
 def sample(variables: dict, key: jax.Array, flow: nn.Module, shape, temperature: float,
@@ -152,20 +171,16 @@ def load_frozen(path: str, config: ml_collections.ConfigDict, image_shape, num_c
     raise FileNotFoundError(
         f"flow.checkpoint={path!r}: no such directory. Point it at the --workdir of a finished "
         "flow run (configs/*_flow.py), or leave it empty to train the flow first.")
-  ckpt = checkpoint.Checkpointer(directory, identity(config, image_shape, num_classes))
+  ckpt = checkpoint.Checkpointer(directory, identity(config, image_shape, num_classes),
+                                 read_only=True)
   step = ckpt.latest_step()
   if step is None:
     raise FileNotFoundError(f"flow.checkpoint={path!r}: no checkpoint in {directory}; run the "
                             "flow stage first or name another flow.checkpoint.")
-  meta = ckpt.read_meta(step)
-  if meta.get("identity") != ckpt.identity:
-    theirs, ours = meta.get("identity") or {}, ckpt.identity
-    diff = {k: (theirs.get(k), ours.get(k)) for k in set(theirs) | set(ours)
-            if theirs.get(k) != ours.get(k)}
-    raise ValueError(
-        f"flow.checkpoint={path!r} was trained for another flow or data "
-        f"(checkpoint vs this config: {diff}). Train a flow for this config (leave "
-        "flow.checkpoint empty) or set flow.model/flow.arch/flow.conditional and the data to match.")
+  ckpt.check_identity(step, error=lambda diff: (
+      f"flow.checkpoint={path!r} was trained for another flow or data ({diff}). Train a flow "
+      "for this config (leave flow.checkpoint empty) or set flow.model/flow.arch/"
+      "flow.conditional and the data to match."))
   state, _ = ckpt.restore_raw(step)
   ckpt.close()
   return create_flow(config, num_classes), {"params": state["params"], **state["consts"]}
@@ -173,12 +188,15 @@ def load_frozen(path: str, config: ml_collections.ConfigDict, image_shape, num_c
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        datasets: Optional[input_pipeline.Datasets] = None) -> dict:
-  """Trains the flow (resuming from `<workdir>/flow`), evaluates it, writes its results."""
+  """Trains the flow (resuming from `<workdir>/flow`), evaluates it, writes its results.
+
+  Every check (config, data, the flow's fit to the images) runs before anything is written.
+  """
+  validate(config)
   cfg = config.flow
-  stage_dir = writer.stage_dir(workdir, STAGE)
-  done = results.read(stage_dir)
+  done = results.read(os.path.join(workdir, STAGE))
   if done is not None:
-    logging.info("flow stage already finished in %s; skipping.", stage_dir)
+    logging.info("flow stage already finished in %s; skipping.", os.path.join(workdir, STAGE))
     return done
   datasets = datasets or input_pipeline.load(config)
   mesh = parallel.make_mesh()
@@ -192,12 +210,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   logging.info("Initialising %s on %d images...", cfg.model, cfg.init_batch_size)
   init_batch = input_pipeline.first_rows(datasets.flow_train, cfg.init_batch_size, mesh)
-  state = jax.jit(lambda k, b: create_train_state(flow, k, b, tx),
-                  out_shardings=parallel.replicated(mesh))(init_key, init_batch)
+  try:
+    state = jax.jit(lambda k, b: create_train_state(flow, k, b, tx),
+                    out_shardings=parallel.replicated(mesh))(init_key, init_batch)
+  except ValueError as e:
+    raise ValueError(
+        f"flow.model={cfg.model!r} with flow.arch={dict(cfg.arch)} cannot model the "
+        f"{'x'.join(map(str, datasets.image_shape))} images of data.source="
+        f"{config.data.source!r}: {e} Change flow.arch or the data.") from None
   logging.info("flow parameters: %d", sum(x.size for x in jax.tree.leaves(state.params)))
 
+  stage_dir = writer.stage_dir(workdir, STAGE)
   ckpt = checkpoint.Checkpointer(os.path.join(stage_dir, "checkpoints"),
-                                 identity(config, datasets.image_shape, datasets.num_classes))
+                                 identity(config, datasets.image_shape, datasets.num_classes),
+                                 kill_during_save_step=config.debug_kill_during_save_step)
   start = ckpt.latest_step()
   if start is not None:
     state, _ = ckpt.restore(start, state)
@@ -221,18 +247,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         bad = _first_nonfinite(history)
         if bad is not None:
           raise NonFiniteError(
-              f"flow training produced a non-finite loss at step {bad}; the last good checkpoint "
-              f"(step {ckpt.latest_step()}) is kept in {ckpt.directory}. Lower flow.learning_rate, "
-              "lengthen flow.warmup_samples or set flow.max_grad_norm, then rerun.")
+              f"flow training produced a non-finite loss at step {bad}; {ckpt.last_good()}. "
+              "Lower flow.learning_rate, lengthen flow.warmup_samples or set "
+              "flow.max_grad_norm, then rerun.")
         history = []
         m = parallel.to_host(metrics)
         m["reconstruction_error"] = parallel.to_host(recon_fn(state.variables(), recon_batch))
         log.scalars(step + 1, m, prefix="train/")
         if (step + 1) % cfg.checkpoint_every == 0 or last:
           ckpt.save(step + 1, state)
-    ckpt.wait()
   finally:
     log.close()
+    ckpt.close()
 
   val_bpd = evaluate(state.variables(), flow, datasets.eval, cfg, mesh, eval_key)
   recon = float(parallel.to_host(recon_fn(state.variables(), recon_batch)))
@@ -247,5 +273,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
            "epochs": cfg.epochs, "samples_png": sample_path,
            "num_params": int(sum(x.size for x in jax.tree.leaves(state.params)))}
   logging.info("flow done: %s", final)
-  ckpt.close()
   return results.write(stage_dir, final, config)

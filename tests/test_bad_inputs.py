@@ -1,0 +1,248 @@
+"""The catalogue of user mistakes: each one costs one clear message and writes nothing.
+
+Every case runs `experiment.run` as `python -m train.main` would, asserts the exception's type
+and message (the config field or flag to change), and that the work directory holds nothing
+new afterwards: no checkpoints, no results. The README's troubleshooting table lists them.
+"""
+import io
+import os
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import cifar10_adv, cifar10_flow, cifar10_pgd, cifar10_standard
+from jaxflowaug import parallel
+from test_train import _npz
+from train import checkpoint, classifier_trainer, experiment, flow_trainer, input_pipeline
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory):
+  """8x8 RGB images in an npz (train 256, test 64) and a TFDS data_dir for it."""
+  root = tmp_path_factory.mktemp("good")
+  return _npz(str(root / "data.npz"), (8, 8, 3), 256, 64), str(root / "tfds")
+
+
+def _config(module, data, **overrides):
+  """The smoke config of `module` on `data` = (source, data_dir), a tiny one-level Glow, and
+  `overrides` ('section__field' = value)."""
+  config = module.get_config("smoke")
+  config.data.source, config.data.data_dir = data
+  config.data.update(train_split="train", eval_split="test", train_size=64)
+  config.flow.arch.update(num_levels=1, num_steps=1)
+  for name, value in overrides.items():
+    *sections, field = name.split("__")
+    node = config
+    for section in sections:
+      node = node[section]
+    node[field] = value
+  return config
+
+
+def _tree(path):
+  """Every file and folder under `path` (relative paths)."""
+  return {os.path.relpath(os.path.join(d, n), path)
+          for d, dirs, files in os.walk(path) for n in dirs + files}
+
+
+def _refused(config, workdir, error, match):
+  """Runs the experiment; asserts it raises `error` matching `match` and writes nothing."""
+  workdir = str(workdir)
+  before = _tree(workdir)
+  with pytest.raises(error, match=match) as raised:
+    experiment.run(config, workdir)
+  assert _tree(workdir) == before, "a refused run must leave nothing behind"
+  return str(raised.value)
+
+
+def _save_flow(workdir, config, poison=False):
+  """A flow 'workdir' whose checkpoint holds a freshly initialised Glow for `config`'s data
+  (its decode is exact), or with `poison` one whose parameters are all NaN."""
+  datasets = input_pipeline.load(config)
+  flow = flow_trainer.create_flow(config, datasets.num_classes)
+  state = jax.jit(lambda key, batch: flow_trainer.create_train_state(
+      flow, key, batch, flow_trainer.create_optimizer(config.flow)))(
+          jax.random.PRNGKey(0),
+          input_pipeline.first_rows(datasets.flow_train, 32, parallel.make_mesh()))
+  if poison:
+    state = state.replace(params=jax.tree.map(lambda p: p * np.nan, state.params))
+  ckpt = checkpoint.Checkpointer(
+      os.path.join(workdir, "flow", "checkpoints"),
+      flow_trainer.identity(config, datasets.image_shape, datasets.num_classes))
+  ckpt.save(1, state)
+  ckpt.close()
+  return str(workdir)
+
+
+@pytest.fixture(scope="module")
+def flow_dir(good, tmp_path_factory):
+  return _save_flow(tmp_path_factory.mktemp("flow"), _config(cifar10_adv, good))
+
+
+# --- data -----------------------------------------------------------------------------------
+
+
+def _folder(root, files):
+  """An image tree {relative path: bytes} under root -> 'folder:root'."""
+  for name, payload in files.items():
+    os.makedirs(os.path.dirname(os.path.join(root, name)), exist_ok=True)
+    with open(os.path.join(root, name), "wb") as f:
+      f.write(payload)
+  os.makedirs(root, exist_ok=True)
+  return f"folder:{root}"
+
+
+def _png(value):
+  buffer = io.BytesIO()
+  Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(buffer, format="PNG")
+  return buffer.getvalue()
+
+
+def _labels_npz(path, labels, class_names):
+  images = np.zeros((len(labels), 8, 8, 3), np.uint8)
+  np.savez(path, x_train=images, y_train=np.asarray(labels, np.int32), x_test=images,
+           y_test=np.asarray(labels, np.int32), class_names=np.asarray(list(class_names)))
+  return f"npz:{path}"
+
+
+@pytest.mark.parametrize("case,error,match", [
+    ("missing path", FileNotFoundError, r"data\.source='npz:.*missing\.npz'.*does not exist"),
+    ("empty folder", ValueError, r"data\.source='folder:.*empty'.*no image files"),
+    ("corrupt image", ValueError, r"data\.source=.*cannot decode image file 'cat/1\.png'"),
+    ("label out of range", ValueError, r"data\.source=.*labels .* go up to 5, out of range for "
+                                       r"its class list of 3 names"),
+    ("negative label", ValueError, r"data\.source=.*include -1; class labels must be "
+                                   r"non-negative"),
+    ("unknown dataset", ValueError, r"data\.source='tfds:no_such_dataset'.*unknown TFDS dataset"),
+])
+def test_bad_data_is_refused_naming_data_source(case, error, match, tmp_path):
+  sources = {
+      "missing path": lambda: f"npz:{tmp_path / 'missing.npz'}",
+      "empty folder": lambda: _folder(str(tmp_path / "empty"), {}),
+      "corrupt image": lambda: _folder(str(tmp_path / "images"), {
+          "cat/0.png": _png(10), "cat/1.png": b"not a png", "dog/0.png": _png(200)}),
+      "label out of range": lambda: _labels_npz(tmp_path / "labels.npz", [0, 1, 5], "abc"),
+      "negative label": lambda: _labels_npz(tmp_path / "labels.npz", [0, -1, 2], "abc"),
+      "unknown dataset": lambda: "tfds:no_such_dataset",
+  }
+  data_dir = tmp_path / "tfds"
+  config = _config(cifar10_standard, (sources[case](), str(data_dir)))
+  _refused(config, tmp_path / "work", error, match)
+  assert not _tree(str(data_dir)), "bad data must not be half-materialised"
+
+
+def test_images_the_flow_cannot_take_are_refused(tmp_path):
+  # Glow with 2 levels squeezes twice: H and W must be divisible by 4.
+  data = (_npz(str(tmp_path / "six.npz"), (6, 6, 3), 64, 16), str(tmp_path / "tfds"))
+  config = _config(cifar10_flow, data, flow__arch__num_levels=2)
+  _refused(config, tmp_path / "work", ValueError,
+           r"flow\.model='Glow' with flow\.arch=.* cannot model the 6x6x3 images of "
+           r"data\.source=.*divisible by 2\*\*num_levels=4")
+
+
+# --- flow checkpoints ------------------------------------------------------------------------
+
+
+def test_flow_checkpoint_for_other_channels_is_refused(flow_dir, tmp_path):
+  grey = (_npz(str(tmp_path / "grey.npz"), (8, 8, 1), 256, 64), str(tmp_path / "tfds"))
+  config = _config(cifar10_adv, grey, flow__checkpoint=flow_dir)
+  _refused(config, tmp_path / "work", ValueError,
+           r"flow\.checkpoint='.*' was trained for another flow or data \(image_shape: "
+           r"\[8, 8, 3\] \(checkpoint\) vs \[8, 8, 1\]\)")
+
+
+def test_flow_checkpoint_of_another_config_is_refused(good, flow_dir, tmp_path):
+  config = _config(cifar10_adv, good, flow__checkpoint=flow_dir)
+  config.flow.arch.hidden_channels = 16
+  _refused(config, tmp_path / "work", ValueError,
+           r"flow\.checkpoint='.*' was trained for another flow or data \("
+           r"arch\.hidden_channels: 8 \(checkpoint\) vs 16\)")
+
+
+def test_missing_flow_checkpoint_is_refused(good, tmp_path):
+  config = _config(cifar10_adv, good, flow__checkpoint=str(tmp_path / "nowhere"))
+  _refused(config, tmp_path / "work", FileNotFoundError,
+           r"flow\.checkpoint='.*nowhere': no such directory")
+
+
+@pytest.mark.parametrize("poison,limit,match", [
+    (False, 1e-12, r"max \|F\^-1\(F\(x\)\) - x\| = \d.* on 32 training images exceeds "
+                   r"classifier\.max_flow_reconstruction_error=1e-12"),
+    (True, 1e-2, r"max \|F\^-1\(F\(x\)\) - x\| = inf on 32 training images exceeds "
+                 r"classifier\.max_flow_reconstruction_error=0\.01"),
+])
+def test_flow_that_does_not_invert_is_refused(good, tmp_path, poison, limit, match):
+  config = _config(cifar10_adv, good, classifier__max_flow_reconstruction_error=limit)
+  config.flow.recon_examples = 32
+  config.flow.checkpoint = _save_flow(tmp_path / "flow", config, poison=poison)
+  _refused(config, tmp_path / "work", ValueError, match)
+
+
+# --- config values ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("perturb__method", "magic", r"perturb\.method='magic' is unknown"),
+    ("perturb__norm", "l3", r"perturb\.norm must be one of \('linf', 'l2'\); got 'l3'"),
+    ("classifier__optimizer", "rmsprop", r"classifier\.optimizer='rmsprop' is unknown"),
+    ("perturb__eps", -0.1, r"perturb\.eps must be a finite number >= 0; got -0\.1"),
+    ("perturb__step_size", 0.0, r"perturb\.step_size must be a finite number > 0; got 0\.0"),
+    ("perturb__steps", 0, r"perturb\.steps must be a Python int >= 1"),
+    ("classifier__max_flow_reconstruction_error", 0.0,
+     r"classifier\.max_flow_reconstruction_error=0\.0 must be > 0"),
+    ("classifier__checkpoint_every", 0, r"classifier\.checkpoint_every=0 must be >= 1"),
+    ("flow__model", "RealNVP", r"flow\.model='RealNVP' is unknown"),
+    ("flow__arch__coupling", "cubic", r"flow\.arch=.* does not fit flow\.model='Glow': "
+                                      r"coupling='cubic'"),
+    ("flow__learning_rate", 0.0, r"flow\.learning_rate=0\.0 must be > 0"),
+])
+def test_bad_config_values_are_refused_at_startup(good, tmp_path, field, value, match):
+  _refused(_config(cifar10_adv, good, **{field: value}), tmp_path / "work", ValueError, match)
+
+
+@pytest.mark.parametrize("module,field", [
+    (cifar10_standard, "classifier.batch_size"),
+    (cifar10_standard, "classifier.eval_batch_size"),
+    (cifar10_flow, "flow.batch_size"),
+])
+def test_batch_size_not_divisible_by_device_count_is_refused(good, tmp_path, monkeypatch,
+                                                            module, field):
+  monkeypatch.setattr(jax, "device_count", lambda: 8)
+  config = _config(module, good, **{field.replace(".", "__"): 12})
+  _refused(config, tmp_path / "work", ValueError,
+           rf"{field}=12 must be a positive multiple of the device count \(8\); set {field} to "
+           "a multiple of 8")
+
+
+# --- work directories ------------------------------------------------------------------------
+
+
+def test_workdir_of_another_experiment_is_refused(good, tmp_path):
+  workdir = tmp_path / "work"
+  theirs = _config(cifar10_standard, good)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "classifier", "checkpoints"),
+                                 classifier_trainer.identity(theirs))
+  ckpt.save(2, {"w": np.zeros(2)}, {"curves": [], "nonfinite_decodes": 0})
+  ckpt.close()
+  message = _refused(_config(cifar10_pgd, good), workdir, ValueError,
+                     r"holds checkpoints of a different experiment")
+  assert "perturb.method: 'none' (checkpoint) vs 'pgd'" in message
+  assert "perturb.eps: 1.0 (checkpoint) vs 0.03" in message
+  assert "Use a new --workdir, or delete" in message
+
+
+def test_workdir_that_cannot_be_created_is_refused(good, tmp_path):
+  (tmp_path / "file").write_text("")
+  with pytest.raises(ValueError, match=r"--workdir=.*file/work cannot be created \(Not a "
+                                       r"directory\); choose a writable directory"):
+    experiment.run(_config(cifar10_standard, good), str(tmp_path / "file" / "work"))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into any directory")
+def test_read_only_workdir_is_refused(good, tmp_path):
+  workdir = tmp_path / "work"
+  workdir.mkdir(mode=0o500)
+  _refused(_config(cifar10_standard, good), workdir, ValueError,
+           r"--workdir=.* is not writable; choose a writable directory")
