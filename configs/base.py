@@ -95,6 +95,10 @@ def _common() -> ml_collections.ConfigDict:
   c.perturb.labels = "pred"            # 'pred': the classifier's own predictions; 'true'
   c.perturb.bn_mode = "train"          # classifier BatchNorm mode during the attack
   c.perturb.fraction = 1.0             # fraction of each batch replaced by perturbed images
+  # Encode the training images once (z = F(x), deterministic) and skip the flow's forward pass
+  # in every step. Exact without crop/flip/translate; with them, they are applied to the decoded
+  # image instead of before the encoding (the cached z is the un-augmented image's).
+  c.perturb.cache_latents = False
   c.perturb.debug_nan_decode_step = -1  # tests only: NaN in one decoded image at this step
 
   # The 'evaluate' stage (train/evaluate.py; also `python -m train.evaluate`): the classifier of

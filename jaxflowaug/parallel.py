@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
@@ -102,3 +103,10 @@ def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
 def to_host(tree: Any) -> Any:
   """Fully replicated or addressable arrays -> numpy (for logging and results)."""
   return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+
+
+def gather(x: jax.Array) -> np.ndarray:
+  """A batch-sharded global array -> the whole array as numpy on every process."""
+  if x.is_fully_addressable:
+    return np.asarray(jax.device_get(x))
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))

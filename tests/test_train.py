@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import cifar10_adv, cifar10_flow, fmnist_adv, fmnist_flow
-from train import checkpoint, experiment, flow_trainer, input_pipeline
+from train import checkpoint, classifier_trainer, experiment, flow_trainer, input_pipeline
 
 
 def _npz(path, shape, num_train, num_test, num_classes=10, seed=0):
@@ -107,3 +107,41 @@ def test_conditional_dense_flow_then_ala_classifier(mnist_like, tmp_path):
   out = experiment.run(config, str(tmp_path))
   assert out["stages"]["flow"]["max_reconstruction_error"] < 1e-4
   assert 0.0 <= out["test_accuracy"] <= 1.0
+
+
+def test_cached_latents_give_the_same_train_step(flow_run, cifar_like, tmp_path):
+  from jaxflowaug import parallel
+  _, flow_dir, _ = flow_run
+  config = _config(cifar10_adv, cifar_like)
+  config.classifier.augment.crop_flip = False  # exact only without pre-encoding augmentation
+  datasets = input_pipeline.load(config)
+  flow, flow_vars = flow_trainer.load_frozen(flow_dir, config, datasets.image_shape,
+                                             datasets.num_classes)
+  mesh = parallel.make_mesh()
+  split = datasets.train.take(np.arange(16))
+  latents = classifier_trainer.encode(flow, flow_vars, split, 16, mesh)
+  z, _ = flow.apply(flow_vars, input_pipeline.to_float(jnp.asarray(split.images)),
+                    method=flow.forward)
+  np.testing.assert_allclose(latents, z, atol=1e-5)
+  model = classifier_trainer.create_model(config, datasets.num_classes)
+  tx = classifier_trainer.create_optimizer(config.classifier, 4)
+  state = classifier_trainer.create_train_state(model, jax.random.PRNGKey(0),
+                                                datasets.image_shape, tx)
+  step = jax.jit(lambda s, b: classifier_trainer.train_step(
+      s, b, jax.random.PRNGKey(1), flow_vars, model=model, flow=flow, config=config,
+      num_classes=datasets.num_classes))
+  batch = {"image": jnp.asarray(split.images), "label": jnp.asarray(split.labels)}
+  plain, m_plain = step(state, batch)
+  cached, m_cached = step(state, dict(batch, latent=jnp.asarray(latents)))
+  np.testing.assert_allclose(m_cached["loss"], m_plain["loss"], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               cached.params, plain.params)
+
+
+def test_classifier_with_cached_latents_and_crop_flip_runs(flow_run, cifar_like, tmp_path):
+  _, flow_dir, _ = flow_run
+  config = _config(cifar10_adv, cifar_like)
+  config.flow.checkpoint = flow_dir
+  config.perturb.cache_latents = True
+  out = experiment.run(config, str(tmp_path))
+  assert 0.0 <= out["test_accuracy"] <= 1.0 and out["steps"] == 64 // 16

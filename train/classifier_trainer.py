@@ -13,6 +13,7 @@ Outputs in `<workdir>/classifier/`: checkpoints, TensorBoard events, `results.js
 `test_accuracy` (on `data.eval_split`), `train_accuracy`, `steps`, `device_count`, the learning
 curves and the count of non-finite decodes that fell back to clean images.
 """
+import dataclasses
 import functools
 import math
 import os
@@ -45,6 +46,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"perturb.method={p.method!r} is unknown; use one of {METHODS}.")
   if p.method != "none":
     perturb.check_attack_args(p.eps, p.step_size, p.steps, p.norm)
+  if p.cache_latents and p.method not in ("rla", "ala"):
+    raise ValueError(f"perturb.cache_latents=True needs perturb.method 'rla' or 'ala' (got "
+                     f"{p.method!r}); set perturb.cache_latents=False.")
   if not 0.0 <= p.fraction <= 1.0:
     raise ValueError(f"perturb.fraction={p.fraction} must be in [0, 1].")
   if p.labels not in ("true", "pred"):
@@ -108,9 +112,11 @@ def _logits(model, params, batch_stats, x, train: bool):
 
 def perturb_batch(state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array,
                   flow_vars: Any, *, model: nn.Module, flow: Optional[nn.Module],
-                  cfg: ml_collections.ConfigDict, nan_decode: Optional[jax.Array] = None):
+                  cfg: ml_collections.ConfigDict, nan_decode: Optional[jax.Array] = None,
+                  z: Optional[jax.Array] = None):
   """The perturbed batch x~ (B, H, W, C) in [0, 1] and the count of non-finite decodes.
 
+  `z`: the latents F(x) when cached (`perturb.cache_latents`), else computed here.
   `nan_decode` (tests only): a boolean scalar; where true, every decode of the flow gives NaN
   for the first image (which must fall back to its clean image and be counted).
   """
@@ -129,7 +135,8 @@ def perturb_batch(state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array,
     nonfinite = jnp.zeros((), jnp.int32)
   else:
     cond = y if flow.num_classes else None
-    z, _ = flow.apply(flow_vars, x, cond, method=flow.forward)
+    if z is None:
+      z, _ = flow.apply(flow_vars, x, cond, method=flow.forward)
     inverse = lambda latent: flow.apply(flow_vars, latent, cond, method=flow.inverse)
     decode = inverse if nan_decode is None else (
         lambda latent: inverse(latent).at[0].multiply(jnp.where(nan_decode, jnp.nan, 1.0)))
@@ -146,15 +153,24 @@ def augment_batch(state, batch, key, flow_vars, *, model, flow, config, num_clas
   aug, p = config.classifier.augment, config.perturb
   k_img, k_pert, k_cut, k_mix = jax.random.split(key, 4)
   x, y = input_pipeline.to_float(batch["image"]), batch["label"]
-  if aug.crop_flip:
-    x = augment.random_crop_flip(k_img, x, pad=aug.crop_pad, flip=aug.flip)
-  elif aug.translate:
-    x = augment.random_translate(k_img, x, max_frac=aug.translate)
+  cached = batch.get("latent")
+
+  def geometric(images):
+    if aug.crop_flip:
+      return augment.random_crop_flip(k_img, images, pad=aug.crop_pad, flip=aug.flip)
+    if aug.translate:
+      return augment.random_translate(k_img, images, max_frac=aug.translate)
+    return images
+
+  if cached is None:
+    x = geometric(x)
   nonfinite = jnp.zeros((), jnp.int32)
   if p.method != "none":
     nan_decode = state.step == p.debug_nan_decode_step if p.debug_nan_decode_step >= 0 else None
     x, nonfinite = perturb_batch(state, x, y, k_pert, flow_vars, model=model, flow=flow, cfg=p,
-                                 nan_decode=nan_decode)
+                                 nan_decode=nan_decode, z=cached)
+  if cached is not None:  # the cached latent is the un-augmented image's: crop/flip after decode
+    x = geometric(x)
   if aug.cutout:
     x = augment.cutout(k_cut, x, size=aug.cutout)
   labels = y
@@ -211,6 +227,22 @@ def identity(config: ml_collections.ConfigDict) -> dict:
   return keep
 
 
+def encode(flow: nn.Module, flow_vars: Any, split: input_pipeline.Split, batch_size: int,
+           mesh) -> np.ndarray:
+  """z = F(x) (N, H, W, C) float32 of every image of `split`, computed once (latent caching).
+
+  The classifier stage's encoding is deterministic (no dequantisation noise), so a cached z
+  is exactly the z the step would compute; it saves the forward pass of every step.
+  """
+  logging.info("Caching the flow latents of %d training images...", len(split))
+  step = jax.jit(lambda v, b: flow.apply(v, input_pipeline.to_float(b["image"]),
+                                         b["label"] if flow.num_classes else None,
+                                         method=flow.forward)[0])
+  chunks = [parallel.gather(step(flow_vars, batch))
+            for batch in input_pipeline.eval_batches(split, batch_size, mesh)]
+  return np.concatenate(chunks)[:len(split)].astype(np.float32)
+
+
 def load_flow(config, workdir, datasets):
   """The frozen flow: from `flow.checkpoint`, or from this workdir's own flow stage.
 
@@ -259,6 +291,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if uses_flow(config):
     flow, flow_vars = load_flow(config, workdir, datasets)
     flow_vars = parallel.replicate(flow_vars, mesh)
+    if config.perturb.cache_latents:
+      train_split = dataclasses.replace(datasets.train, latents=encode(
+          flow, flow_vars, datasets.train, cfg.eval_batch_size, mesh))
+      loader = input_pipeline.Loader(train_split, cfg.batch_size, config.seed, mesh,
+                                     "classifier.batch_size")
   tx = create_optimizer(cfg, loader.steps_per_epoch)
   total_steps = max(1, int(math.ceil(cfg.epochs * loader.steps_per_epoch)))
   init_key, train_key = jax.random.split(jax.random.PRNGKey(config.seed))

@@ -28,12 +28,21 @@ from jaxflowaug import data, parallel
 class Split:
   images: np.ndarray  # (N, H, W, C) uint8
   labels: np.ndarray  # (N,) int32
+  latents: Optional[np.ndarray] = None  # (N, H, W, C) float32 flow latents, when cached
 
   def __len__(self) -> int:
     return len(self.labels)
 
   def take(self, indices: np.ndarray) -> "Split":
-    return Split(self.images[indices], self.labels[indices])
+    return Split(self.images[indices], self.labels[indices],
+                 None if self.latents is None else self.latents[indices])
+
+  def columns(self, rows: np.ndarray) -> dict:
+    """The batch of `rows`: image, label and, when cached, latent."""
+    out = {"image": self.images[rows], "label": self.labels[rows]}
+    if self.latents is not None:
+      out["latent"] = self.latents[rows]
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,8 +117,7 @@ class Loader:
     idx = data.batch_indices(len(self.split), self.global_batch_size, self.seed, step,
                              process_index=jax.process_index(),
                              process_count=jax.process_count())
-    return parallel.global_batch(
-        {"image": self.split.images[idx], "label": self.split.labels[idx]}, self.mesh)
+    return parallel.global_batch(self.split.columns(idx), self.mesh)
 
 
 def eval_batches(split: Split, global_batch_size: int, mesh) -> Iterator[dict]:
