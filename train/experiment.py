@@ -33,17 +33,20 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   unknown = [s for s in config.stages if s not in STAGES]
   if unknown or not config.stages:
     raise ValueError(f"stages={tuple(config.stages)} must be a non-empty subset of {STAGES}.")
-  workdir = check_workdir(workdir)
-  if "classifier" in config.stages:
-    classifier_trainer.validate(config)
-  if "evaluate" in config.stages:
-    evaluate.validate(config)
-  datasets = input_pipeline.load(config)
-  merged, per_stage = {}, {}
   run_flow = not config.flow.checkpoint and (
       "flow" in config.stages
       or ("classifier" in config.stages and classifier_trainer.uses_flow(config))
       or ("evaluate" in config.stages and evaluate.uses_flow(config)))
+  # Every config check before anything is written: a refused run leaves no workdir behind.
+  if run_flow:
+    flow_trainer.validate(config)
+  if "classifier" in config.stages:
+    classifier_trainer.validate(config)
+  if "evaluate" in config.stages:
+    evaluate.validate(config)
+  workdir = check_workdir(workdir)
+  datasets = input_pipeline.load(config)
+  merged, per_stage = {}, {}
   if run_flow:
     per_stage["flow"] = flow_trainer.train_and_evaluate(config, workdir, datasets)
   if "classifier" in config.stages:
