@@ -45,17 +45,17 @@ class MetricWriter:
 
 
 class _QuietLibraries(std_logging.Filter):
-  """Drops INFO/DEBUG records of chatty libraries (orbax logs every file it touches)."""
+  """Drops all but the errors of chatty libraries (orbax logs every file it touches)."""
 
   PACKAGES = ("/orbax/", "/tensorflow_datasets/", "/etils/")
 
   def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or not any(
+    return record.levelno >= std_logging.ERROR or not any(
         p in record.pathname for p in self.PACKAGES)
 
 
 def quiet_library_logs() -> None:
-  """Keeps the run's own INFO logs readable; libraries still report warnings and errors."""
+  """Keeps the run's own logs readable; those libraries still report errors."""
   logging.get_absl_handler().addFilter(_QuietLibraries())
 
 
