@@ -84,3 +84,25 @@ if __name__ == "__main__":
                                 ("GFLOP/s", "gflop_per_s", "{:.1f}"),
                                 ("of peak", "fraction_of_matmul_peak", "{:.0%}"),
                                 ("compile s", "compile_s", "{:.1f}")]))
+
+
+def conv_before_after(batch_size: int = 8) -> list:
+  """Train step of the CIFAR Glows with `flax.linen.Conv` (plain lax) and with the project's
+  `Conv`, in one process: what `jaxflowaug/conv.py` changed."""
+  import flax.linen as nn
+  from jaxflowaug.flows import coupling
+  rows = []
+  for name, config, shape, _ in flow_setups(False)[:2]:
+    times = {}
+    for impl in ("lax", "project"):
+      saved = coupling.Conv
+      if impl == "lax":
+        coupling.Conv = nn.Conv
+      try:
+        m = measure_flow(f"{name} [{impl} conv]", config, shape, batch_size, repeats=2)[2]
+      finally:
+        coupling.Conv = saved
+      times[impl] = m.seconds
+    rows.append({"flow": name, "lax_step_s": times["lax"], "project_step_s": times["project"],
+                 "speedup": times["lax"] / times["project"]})
+  return rows

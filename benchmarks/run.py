@@ -2,8 +2,9 @@
 
 Measures the machine's float32 matmul rate, then flows (forward, inverse, train step),
 classifier train steps, the standard / R-LA / A-LA / image-PGD steps, compile time against
-flow depth, and the input pipeline; writes `benchmarks/results/<platform>.json` and the
-tables of `BENCHMARKS.md` for that platform (other platforms' sections are kept). Speeds are
+flow depth, the Glow step with plain vs project convolutions, and the input pipeline; writes
+`benchmarks/results/<platform>.json` and the tables of `BENCHMARKS.md` for that platform
+(other platforms' sections are kept; a run of some `--sections` keeps the others' numbers). Speeds are
 the fastest of a few calls; FLOPs are counted from the jaxpr (see `benchmarks/harness.py`).
 """
 import argparse
@@ -23,7 +24,7 @@ from configs import cifar10_standard, fmnist_standard
 from train import classifier_trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SECTIONS = ("flow", "classifier", "augment", "depth", "data")
+SECTIONS = ("flow", "classifier", "augment", "depth", "data", "conv")
 STEP_COLUMNS = [("what", "name", None), ("img/s", "img_per_s", "{:.2f}"),
                 ("GFLOP/call", "gflop_per_call", "{:.2f}"), ("GFLOP/s", "gflop_per_s", "{:.1f}"),
                 ("of matmul peak", "fraction_of_matmul_peak", "{:.0%}"),
@@ -90,12 +91,24 @@ def render(results: dict) -> str:
             harness.markdown_table(results["depth"], [("K", "depth", None),
                                                       ("compile s", "compile_s", "{:.1f}"),
                                                       ("step s", "step_s", "{:.2f}")]), ""]
+  if results.get("conv"):
+    out += ["### Glow train step: plain `lax` convolutions vs `jaxflowaug.conv` (batch 8)", "",
+            harness.markdown_table(results["conv"], [
+                ("flow", "flow", None), ("lax s/step", "lax_step_s", "{:.2f}"),
+                ("project s/step", "project_step_s", "{:.2f}"),
+                ("speed-up", "speedup", "{:.2f}x")]), ""]
   if results.get("data"):
     d = results["data"]
     out += ["### Input pipeline (CIFAR-10 tar, batch 128)", "",
             f"First batch cold {d['cold_first_batch_s']:.1f} s, cached "
             f"{d['cached_first_batch_s']:.1f} s; assembly {d['assembly_img_per_s']:.0f} img/s; "
-            f"assembly + transfer + crop/flip {d['pipeline_img_per_s']:.0f} img/s.", ""]
+            f"assembly + transfer + crop/flip {d['pipeline_img_per_s']:.0f} img/s."]
+    steps = [r for r in results.get("classifier", []) if r["name"].startswith("ResNet-18 train")]
+    if steps:
+      ratio = d["pipeline_img_per_s"] / steps[0]["img_per_s"]
+      out += [f"That is **{ratio:.0f}x** the ResNet-18 train step's {steps[0]['img_per_s']:.1f} "
+              f"img/s (target >= 20x: input never bounds training)."]
+    out.append("")
   return "\n".join(out)
 
 
@@ -125,10 +138,21 @@ def main(argv=None):
   parser.add_argument("--reduced-only", action="store_true",
                       help="skip the full-scale CIFAR Glow in the augment section")
   parser.add_argument("--markdown", default=os.path.join(ROOT, "BENCHMARKS.md"))
+  parser.add_argument("--render", metavar="RESULTS_JSON",
+                      help="only rewrite BENCHMARKS.md from a saved results file")
   args = parser.parse_args(argv)
+  if args.render:
+    with open(args.render) as f:
+      write_markdown(json.load(f), args.markdown)
+    return
   sections = args.sections.split(",")
   accelerator = jax.default_backend() != "cpu"
-  results = {"machine": machine(), "matmul_flops": harness.matmul_peak()}
+  results_path = os.path.join(ROOT, "benchmarks", "results", f"{jax.default_backend()}.json")
+  results = {}
+  if os.path.exists(results_path):  # a run of some sections keeps the others' last numbers
+    with open(results_path) as f:
+      results = json.load(f)
+  results.update(machine=machine(), matmul_flops=harness.matmul_peak())
   peak = results["matmul_flops"]
   if accelerator:
     results["matmul_bf16_flops"] = harness.matmul_peak(8192, jnp.bfloat16)
@@ -143,12 +167,13 @@ def main(argv=None):
     results["augment_ratios"] = augment.ratios(ms)
   if "depth" in sections:
     results["depth"] = flow.compile_vs_depth()
+  if "conv" in sections:
+    results["conv"] = flow.conv_before_after()
   if "data" in sections:
     from benchmarks import data as data_bench
     results["data"] = data_bench.run()
-  os.makedirs(os.path.join(ROOT, "benchmarks", "results"), exist_ok=True)
-  with open(os.path.join(ROOT, "benchmarks", "results", f"{results['machine']['platform']}.json"),
-            "w") as f:
+  os.makedirs(os.path.dirname(results_path), exist_ok=True)
+  with open(results_path, "w") as f:
     json.dump(results, f, indent=2, default=float)
   write_markdown(results, args.markdown)
   print(render(results))
