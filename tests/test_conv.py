@@ -114,11 +114,11 @@ def test_second_order_matches_lax():
 def test_choose_plan():
   assert conv.choose_plan((1, 1, 512, 512), (1, 1)) == conv.Plan(
       "im2col", "im2col", "im2col")
-  assert conv.choose_plan((3, 3, 6, 512), (1, 1)) == conv.Plan("lax", "im2col", "lax")
+  assert conv.choose_plan((3, 3, 6, 512), (1, 1)) == conv.Plan("lax", "im2col", "shifted")
   assert conv.choose_plan((3, 3, 64, 64), (1, 1)) == conv.Plan(
-      "lax", "lax", "lax")
+      "lax", "lax", "shifted")
   assert conv.choose_plan((3, 3, 64, 128), (2, 2)) == conv.Plan(
-      "lax", "im2col", "lax")
+      "lax", "im2col", "shifted")
   with pytest.raises(ValueError, match="Plan.weight_grad"):
     conv.Plan("lax", "lax", "winograd")
 
