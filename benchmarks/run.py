@@ -116,17 +116,15 @@ def write_markdown(results: dict, path: str) -> None:
   """Replaces this platform's section of BENCHMARKS.md, keeping the others."""
   header = ("# Benchmarks\n\nWritten by `python -m benchmarks.run` (one process per platform; "
             "compare only numbers from the same section). Raw numbers: `benchmarks/results/`.\n")
-  sections = {}
+  sections, notes = {}, ""
   if os.path.exists(path):
     with open(path) as f:
       text = f.read()
+    text, marker, rest = text.partition("<!-- notes -->")
+    notes = marker + rest  # hand-written notes after the marker are kept as they are
     for block in re.split(r"(?m)^(?=## )", text)[1:]:
       sections[block.split(":")[0][3:].strip()] = block.rstrip() + "\n"
   sections[results["machine"]["platform"]] = render(results).rstrip() + "\n"
-  notes = ""
-  if os.path.exists(path):
-    match = re.search(r"(?ms)^<!-- notes -->.*", text)
-    notes = match.group(0) if match else ""
   with open(path, "w") as f:
     f.write(header + "\n" + "\n".join(sections[k] for k in sorted(sections)) + "\n" + notes)
 
