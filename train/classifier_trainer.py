@@ -284,18 +284,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     return done
   datasets = datasets or input_pipeline.load(config)
   mesh = parallel.make_mesh()
-  loader = input_pipeline.Loader(datasets.train, cfg.batch_size, config.seed, mesh,
-                                 "classifier.batch_size")
   model = create_model(config, datasets.num_classes)
-  flow, flow_vars = None, None
+  flow, flow_vars, train_split = None, None, datasets.train
   if uses_flow(config):
     flow, flow_vars = load_flow(config, workdir, datasets)
     flow_vars = parallel.replicate(flow_vars, mesh)
     if config.perturb.cache_latents:
-      train_split = dataclasses.replace(datasets.train, latents=encode(
-          flow, flow_vars, datasets.train, cfg.eval_batch_size, mesh))
-      loader = input_pipeline.Loader(train_split, cfg.batch_size, config.seed, mesh,
-                                     "classifier.batch_size")
+      train_split = dataclasses.replace(train_split, latents=encode(
+          flow, flow_vars, train_split, cfg.eval_batch_size, mesh))
+  loader = input_pipeline.Loader(train_split, cfg.batch_size, config.seed, mesh,
+                                 "classifier.batch_size")
   tx = create_optimizer(cfg, loader.steps_per_epoch)
   total_steps = max(1, int(math.ceil(cfg.epochs * loader.steps_per_epoch)))
   init_key, train_key = jax.random.split(jax.random.PRNGKey(config.seed))
