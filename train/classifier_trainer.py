@@ -102,7 +102,7 @@ def create_train_state(model: nn.Module, key: jax.Array, image_shape,
                            batch_stats=variables.get("batch_stats"))
 
 
-def _logits(model, params, batch_stats, x, train: bool):
+def classify(model, params, batch_stats, x, train: bool):
   """Classifier logits; in train mode BatchNorm uses batch statistics (updates discarded)."""
   variables = {"params": params, "batch_stats": batch_stats}
   if train:
@@ -122,7 +122,7 @@ def perturb_batch(state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array,
   """
   attack_key, mix_key = jax.random.split(key)
   bn_train = cfg.bn_mode == "train"
-  logits = functools.partial(_logits, model, state.params, state.batch_stats, train=bn_train)
+  logits = functools.partial(classify, model, state.params, state.batch_stats, train=bn_train)
   target = y if cfg.labels == "true" else jnp.argmax(logits(x), -1)
   target = jax.lax.stop_gradient(target)
 
@@ -200,7 +200,7 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, flow_vars: Any, *
 
 def eval_step(state: TrainState, batch: dict, model: nn.Module) -> dict:
   """Sums of correct predictions and loss over the unmasked rows (BatchNorm in eval mode)."""
-  logits = _logits(model, state.params, state.batch_stats, input_pipeline.to_float(batch["image"]),
+  logits = classify(model, state.params, state.batch_stats, input_pipeline.to_float(batch["image"]),
                    train=False)
   correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])

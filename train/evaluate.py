@@ -172,7 +172,7 @@ def penultimate_features(model: nn.Module, params: Any, batch_stats: Any,
     return next_fun(*args, **kwargs)
 
   with nn.intercept_methods(record):
-    classifier_trainer._logits(model, params, batch_stats, x, train=False)
+    classifier_trainer.classify(model, params, batch_stats, x, train=False)
   if not inputs:
     raise ValueError(f"classifier.model={type(model).__name__} has no Dense layer; use "
                      "evaluation.fid_features='inception'.")
@@ -191,7 +191,7 @@ def attack_step(state, batch: dict, key: jax.Array, eps, step_size, flow_vars: A
   attack = dataclasses.replace(attack, eps=eps, step_size=step_size)
   x_t, nonfinite = classifier_trainer.perturb_batch(state, x, y, key, flow_vars, model=model,
                                                     flow=flow, cfg=attack)
-  logits = classifier_trainer._logits(model, state.params, state.batch_stats, x_t, train=False)
+  logits = classifier_trainer.classify(model, state.params, state.batch_stats, x_t, train=False)
   out = {"perturbed": x_t, "correct": jnp.argmax(logits, -1) == y}
   out.update(metrics.perturbation_norms(x, x_t))
   return out, nonfinite
