@@ -200,8 +200,8 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, flow_vars: Any, *
 
 def eval_step(state: TrainState, batch: dict, model: nn.Module) -> dict:
   """Sums of correct predictions and loss over the unmasked rows (BatchNorm in eval mode)."""
-  logits = classify(model, state.params, state.batch_stats, input_pipeline.to_float(batch["image"]),
-                   train=False)
+  logits = classify(model, state.params, state.batch_stats,
+                    input_pipeline.to_float(batch["image"]), train=False)
   correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
   return {"correct": jnp.sum(correct * batch["mask"]), "loss": jnp.sum(loss * batch["mask"]),
