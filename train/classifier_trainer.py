@@ -210,10 +210,8 @@ def eval_step(state: TrainState, batch: dict, model: nn.Module) -> dict:
 
 def evaluate(step_fn, state, split, batch_size, mesh) -> dict:
   """Accuracy and mean loss of the classifier over a whole split."""
-  totals = {"correct": 0.0, "loss": 0.0, "count": 0.0}
-  for batch in input_pipeline.eval_batches(split, batch_size, mesh):
-    out = parallel.to_host(step_fn(state, batch))
-    totals = {k: totals[k] + float(out[k]) for k in totals}
+  totals = input_pipeline.sum_over(lambda batch, _: step_fn(state, batch), split, batch_size,
+                                   mesh)
   n = max(totals["count"], 1.0)
   return {"accuracy": totals["correct"] / n, "loss": totals["loss"] / n}
 

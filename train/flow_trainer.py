@@ -143,10 +143,9 @@ def evaluate(variables, flow, split, cfg, mesh, key) -> float:
   if cfg.eval_examples:
     split = split.take(np.arange(min(cfg.eval_examples, len(split))))
   step = jax.jit(lambda p, b, k: eval_step(p, b, k, flow))
-  totals = {"bpd_sum": 0.0, "count": 0.0}
-  for i, batch in enumerate(input_pipeline.eval_batches(split, cfg.batch_size, mesh)):
-    out = parallel.to_host(step(variables, batch, jax.random.fold_in(key, i)))
-    totals = {k: totals[k] + float(out[k]) for k in totals}
+  totals = input_pipeline.sum_over(
+      lambda batch, i: step(variables, batch, jax.random.fold_in(key, i)), split,
+      cfg.batch_size, mesh)
   return totals["bpd_sum"] / max(totals["count"], 1.0)
 
 

@@ -14,7 +14,7 @@ Images travel to the device as uint8 and become float32 in [0, 1] inside the jit
 """
 import dataclasses
 import os
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import jax
 import ml_collections
@@ -130,6 +130,16 @@ def eval_batches(split: Split, global_batch_size: int, mesh) -> Iterator[dict]:
     rows = np.minimum(rows, n - 1)
     yield parallel.global_batch({"image": split.images[rows], "label": split.labels[rows],
                                  "mask": mask}, mesh)
+
+
+def sum_over(step_fn: Callable[[dict, int], dict], split: Split, global_batch_size: int,
+             mesh) -> dict:
+  """Totals over the whole split of `step_fn(batch, index)`, a dict of per-batch sums."""
+  totals = {}
+  for i, batch in enumerate(eval_batches(split, global_batch_size, mesh)):
+    for k, v in parallel.to_host(step_fn(batch, i)).items():
+      totals[k] = totals.get(k, 0.0) + float(v)
+  return totals
 
 
 def first_rows(split: Split, count: int, mesh) -> dict:
