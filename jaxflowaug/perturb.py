@@ -7,6 +7,8 @@ B_ε = {δ : ‖δ_b‖ ≤ ε for every b} in the chosen norm ("linf" or "l2").
 - R-LA:  x̃ = F⁻¹(z + Π(ε·n)),  n ~ N(0, I), no gradient.
 - A-LA:  x̃ = F⁻¹(z + δᵏ),  δᵏ = PGD maximising L(F⁻¹(z + δ)) over B_ε, gradient through F⁻¹.
 - Image PGD (Madry et al.):  x̃ = x + δᵏ, PGD maximising L(x + δ) over B_ε ∩ {x + δ ∈ [0, 1]}.
+- Density filter: keep x̃ only where log p(x̃) ≥ τ, τ a percentile of the training data's
+  log-density under the flow; otherwise reject it or shrink the perturbation.
 
 All functions are pure and jittable. `eps`, `step_size` and `fraction` may be Python floats
 or traced scalars; `steps`, `norm` and `method` are static Python values.
@@ -223,6 +225,46 @@ def mix(key: jax.Array, clean: jnp.ndarray, perturbed: jnp.ndarray, fraction) ->
     raise ValueError(f'`fraction` must be in [0, 1]; got {fraction}.')
   take = jax.random.uniform(key, (clean.shape[0],)) < fraction
   return jnp.where(take.reshape((-1,) + (1,) * (clean.ndim - 1)), perturbed, clean)
+
+
+DENSITY_MODES = ('reject', 'shrink')
+
+
+def density_filter(log_prob: Callable[[jnp.ndarray], jnp.ndarray],
+                   propose: Callable[[float], jnp.ndarray], x_clean: jnp.ndarray, threshold, *,
+                   mode: str = 'reject', shrink_steps: int = 3,
+                   x_full: Optional[jnp.ndarray] = None
+                   ) -> Tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+  """Keeps perturbed examples whose log-density is at least `threshold` (τ).
+
+  `propose(t)` gives the batch perturbed at scale t of its perturbation (t = 1 the full one,
+  e.g. F⁻¹(z + t δ) for a latent attack or x + t (x̃ - x) in image space); `x_full` may pass
+  propose(1) when it is already computed. Per example b:
+    reject: out_b = x̃_b(1) if log p(x̃_b(1)) ≥ τ else x_clean_b;
+    shrink: t*_b = the largest t in (1, 1/2, ..., 2^-shrink_steps) with log p(x̃_b(t)) ≥ τ,
+            out_b = x̃_b(t*_b), or x_clean_b (t*_b = 0) if no scale passes.
+  A NaN log-density never passes. `log_prob` maps (B, ...) images to (B,) log-densities;
+  examples must not interact in it (true of a flow).
+
+  Returns:
+    (out (B, ...), kept (B,) bool — a perturbed image was kept, scale t*_b (B,) float32).
+  Raises:
+    ValueError: for an unknown `mode` or `shrink_steps` < 0 with mode 'shrink'.
+  """
+  if mode not in DENSITY_MODES:
+    raise ValueError(f'`mode` must be one of {DENSITY_MODES}; got {mode!r}.')
+  scales = [1.0]
+  if mode == 'shrink':
+    if isinstance(shrink_steps, bool) or not isinstance(shrink_steps, int) or shrink_steps < 0:
+      raise ValueError(f'`shrink_steps` must be an int >= 0; got {shrink_steps!r}.')
+    scales = [2.0 ** -j for j in range(shrink_steps + 1)]
+  out, scale = x_clean, jnp.zeros((x_clean.shape[0],), jnp.float32)
+  for t in reversed(scales):  # smallest first: a larger passing scale overwrites it
+    candidate = x_full if (t == 1.0 and x_full is not None) else propose(t)
+    ok = log_prob(candidate) >= threshold
+    out = jnp.where(ok.reshape((-1,) + (1,) * (out.ndim - 1)), candidate, out)
+    scale = jnp.where(ok, t, scale)
+  return out, scale > 0, scale
 
 
 def check_attack_args(eps, step_size, steps, norm) -> None:

@@ -287,3 +287,42 @@ def test_latent_attack_validates_method_and_ala_settings():
   with pytest.raises(ValueError, match='step_size'):
     perturb.latent_attack(decode, jnp.sum, z, jax.random.key(0), method='ala', eps=1.,
                           norm='l2', x_clean=x, steps=2)
+
+
+def _normal_log_prob(x):
+  """log N(x; 0, I) per example, over all non-batch axes."""
+  x = x.reshape(x.shape[0], -1)
+  return -0.5 * jnp.sum(x ** 2, -1) - 0.5 * x.shape[1] * np.log(2 * np.pi)
+
+
+def test_density_filter_rejects_the_fraction_below_the_percentile():
+  """Training data and perturbed samples from the same N(0, I): a threshold at the p-th
+  percentile of the training log-densities keeps 1 - p/100 of the perturbed samples."""
+  train = jax.random.normal(jax.random.PRNGKey(0), (20000, 4))
+  proposals = jax.random.normal(jax.random.PRNGKey(1), (20000, 4))
+  clean = jnp.zeros_like(proposals)
+  for percentile in (10.0, 50.0):
+    threshold = np.percentile(np.asarray(_normal_log_prob(train)), percentile)
+    out, kept, scale = perturb.density_filter(_normal_log_prob, lambda t: t * proposals, clean,
+                                              threshold, mode="reject")
+    assert abs(float(jnp.mean(kept)) - (1 - percentile / 100)) < 0.015
+    np.testing.assert_array_equal(out[kept], proposals[kept])
+    np.testing.assert_array_equal(out[~kept], clean[~kept])
+    assert set(np.unique(np.asarray(scale))) <= {0.0, 1.0}
+
+
+def test_density_filter_shrinks_to_the_largest_scale_that_passes():
+  """1-D N(0, 1) around clean points at 0 with perturbations d: x(t) = t d passes iff
+  |t d| <= r, r the radius of the threshold; shrink picks the largest t in 1, 1/2, 1/4, 1/8."""
+  d = jnp.array([[0.5], [1.5], [3.0], [5.0], [20.0], [jnp.nan]])
+  r = 1.0
+  threshold = float(_normal_log_prob(jnp.array([[r]]))[0])
+  x_clean = jnp.zeros_like(d)
+  out, kept, scale = perturb.density_filter(_normal_log_prob, lambda t: t * d, x_clean,
+                                            threshold, mode="shrink", shrink_steps=3)
+  np.testing.assert_array_equal(scale, [1.0, 0.5, 0.25, 0.125, 0.0, 0.0])
+  np.testing.assert_array_equal(kept, [True, True, True, True, False, False])
+  np.testing.assert_allclose(out[:, 0], [0.5, 0.75, 0.75, 0.625, 0.0, 0.0])
+  assert bool(jnp.all(_normal_log_prob(out) >= threshold))
+  with pytest.raises(ValueError, match="mode"):
+    perturb.density_filter(_normal_log_prob, lambda t: d, x_clean, 0.0, mode="clip")
