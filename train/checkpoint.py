@@ -128,3 +128,37 @@ class Checkpointer:
   def close(self) -> None:
     """Waits for a save in flight, then releases the manager."""
     self._manager.close()
+
+
+def frozen_directory(path: str, stage: str, field: str) -> str:
+  """The checkpoints directory of stage `stage` under `path` (a work directory, or that
+  directory itself); raises FileNotFoundError naming the config `field` if there is none."""
+  for candidate in (os.path.join(path, stage, "checkpoints"), os.path.join(path, "checkpoints")):
+    if os.path.isdir(candidate):
+      return candidate
+  if not os.path.isdir(path):
+    raise FileNotFoundError(
+        f"{field}={path!r}: no such directory. Point it at the --workdir of a finished "
+        f"{stage} run, or leave it empty to train the {stage} first.")
+  return path
+
+
+def load_frozen(path: str, stage: str, identity: Mapping[str, Any], field: str,
+                retrain_fix: str) -> dict:
+  """The raw state of the latest checkpoint of stage `stage` under `path`, for freezing.
+
+  `path` is a work directory (holding `<stage>/checkpoints`) or that checkpoints directory
+  itself. Raises, naming the config `field` that gave `path`, if there is no checkpoint or it
+  was saved for another `identity` (`retrain_fix` says how to get a matching one).
+  """
+  directory = frozen_directory(path, stage, field)
+  ckpt = Checkpointer(directory, identity, read_only=True)
+  step = ckpt.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"{field}={path!r}: no checkpoint in {directory}; run the "
+                            f"{stage} stage first or name another {field}.")
+  ckpt.check_identity(step, error=lambda diff: (
+      f"{field}={path!r} was trained for another {stage} or data ({diff}). {retrain_fix}"))
+  state, _ = ckpt.restore_raw(step)
+  ckpt.close()
+  return state

@@ -162,26 +162,10 @@ def load_frozen(path: str, config: ml_collections.ConfigDict, image_shape, num_c
   `path` is a work directory (holding `flow/checkpoints`) or that checkpoints directory itself.
   Raises if there is none, or if it was trained for another architecture or data shape.
   """
-  directory = path
-  for candidate in (os.path.join(path, STAGE, "checkpoints"), os.path.join(path, "checkpoints")):
-    if os.path.isdir(candidate):
-      directory = candidate
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(
-        f"flow.checkpoint={path!r}: no such directory. Point it at the --workdir of a finished "
-        "flow run (configs/*_flow.py), or leave it empty to train the flow first.")
-  ckpt = checkpoint.Checkpointer(directory, identity(config, image_shape, num_classes),
-                                 read_only=True)
-  step = ckpt.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"flow.checkpoint={path!r}: no checkpoint in {directory}; run the "
-                            "flow stage first or name another flow.checkpoint.")
-  ckpt.check_identity(step, error=lambda diff: (
-      f"flow.checkpoint={path!r} was trained for another flow or data ({diff}). Train a flow "
-      "for this config (leave flow.checkpoint empty) or set flow.model/flow.arch/"
-      "flow.conditional and the data to match."))
-  state, _ = ckpt.restore_raw(step)
-  ckpt.close()
+  state = checkpoint.load_frozen(
+      path, STAGE, identity(config, image_shape, num_classes), "flow.checkpoint",
+      "Train a flow for this config (leave flow.checkpoint empty) or set flow.model/flow.arch/"
+      "flow.conditional and the data to match.")
   return create_flow(config, num_classes), {"params": state["params"], **state["consts"]}
 
 
