@@ -15,7 +15,7 @@ import numpy as np
 from benchmarks import harness
 from configs import cifar10_adv, fmnist_adv
 from jaxflowaug import perturb
-from train import classifier_trainer, flow_trainer
+from train import classifier_trainer, flow_trainer, generator
 
 # (method, overrides of config.perturb) measured for every setup; A-LA keeps the config's own.
 # "A-LA cached": latent caching (`perturb.cache_latents`), the batch carries z = F(x).
@@ -63,12 +63,13 @@ def measure_setup(name, config, shape, batch_size, methods, repeats=2) -> list:
     if cfg.perturb.method != "none":
       perturb.check_attack_args(cfg.perturb.eps, cfg.perturb.step_size, cfg.perturb.steps,
                                 cfg.perturb.norm)
-    step = functools.partial(classifier_trainer.train_step, model=model, flow=flow, config=cfg,
-                             num_classes=10)
+    frozen, frozen_vars = generator.latent_flow(flow, flow_vars)
+    step = functools.partial(classifier_trainer.train_step, model=model, frozen=frozen,
+                             config=cfg, num_classes=10)
     k = f" k {cfg.perturb.steps}" if cfg.perturb.method in ("ala", "pgd") else ""
     inputs = dict(batch, latent=latents) if cfg.perturb.cache_latents else batch
     m = harness.measure(f"{name}: {label}{k}", step, state, inputs, jax.random.PRNGKey(2),
-                        flow_vars, items=batch_size, repeats=repeats,
+                        frozen_vars, items=batch_size, repeats=repeats,
                         carry=lambda out, args: (out[0],) + args[1:])
     rows.append(m)
   return rows

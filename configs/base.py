@@ -61,6 +61,22 @@ def _common() -> ml_collections.ConfigDict:
   c.flow.sample_temperature = 0.7
   c.flow.debug_nan_step = -1           # tests only: poison the loss at this step
 
+  # The VAE-GAN of the exact-vs-approximate ablation (train/vaegan_trainer.py; stage 'vaegan').
+  c.vaegan = ml_collections.ConfigDict()
+  c.vaegan.latent_dim = 128
+  c.vaegan.width = 64
+  c.vaegan.per_class = False           # True: one VAE-GAN per class (Stutz et al.)
+  c.vaegan.beta = 1.0                  # weight of KL(q(z|x) || N(0, I))
+  c.vaegan.gan_weight = 1.0            # weight of the decoder's adversarial loss
+  c.vaegan.checkpoint = ""             # workdir of a finished vaegan run; '' = this workdir's own
+  c.vaegan.batch_size = 100
+  c.vaegan.epochs = 30.0
+  c.vaegan.learning_rate = 1e-3
+  c.vaegan.log_every = 100
+  c.vaegan.checkpoint_every = 1000
+  c.vaegan.recon_examples = 64
+  c.vaegan.num_samples = 100
+
   c.classifier = ml_collections.ConfigDict()
   c.classifier.model = "ResNet18"
   # dtype: computation dtype ('bfloat16' on GPU/TPU halves memory traffic; params stay float32).
@@ -87,6 +103,8 @@ def _common() -> ml_collections.ConfigDict:
 
   c.perturb = ml_collections.ConfigDict()
   c.perturb.method = "none"            # 'none' | 'rla' | 'ala' | 'pgd' (image space)
+  c.perturb.generator = "flow"         # latent of 'rla'/'ala': 'flow' (exact code) | 'vaegan'
+                                       # (approximate: x~ = G(mu(x) + delta), stage 'vaegan')
   c.perturb.norm = "l2"                # 'l2' | 'linf'
   c.perturb.eps = 1.0
   c.perturb.step_size = 0.5
@@ -99,6 +117,13 @@ def _common() -> ml_collections.ConfigDict:
   # in every step. Exact without crop/flip/translate; with them, they are applied to the decoded
   # image instead of before the encoding (the cached z is the un-augmented image's).
   c.perturb.cache_latents = False
+  # Density filter: a perturbed image whose flow log-density log p(x~|y) falls below the
+  # `density_percentile`-th percentile of the clean training images' is rejected (replaced by
+  # its clean image) or shrunk (the perturbation scaled by 1/2, 1/4, ... 2^-density_shrink_steps,
+  # the largest scale that passes; clean if none does). 0 = off.
+  c.perturb.density_percentile = 0.0
+  c.perturb.density_mode = "reject"    # 'reject' | 'shrink'
+  c.perturb.density_shrink_steps = 3
   c.perturb.debug_nan_decode_step = -1  # tests only: NaN in one decoded image at this step
 
   # The 'evaluate' stage (train/evaluate.py; also `python -m train.evaluate`): the classifier of
@@ -156,6 +181,9 @@ def fmnist() -> ml_collections.ConfigDict:
   c.classifier.batch_size = 100
   c.classifier.epochs = 20.0
   c.classifier.eval_every_epochs = 1.0
+  c.vaegan.latent_dim = 10             # Stutz et al.'s Fashion-MNIST code size
+  c.vaegan.width = 32
+  c.vaegan.epochs = 10.0
   c.perturb.norm = "linf"
   c.perturb.labels = "true"
   c.perturb.bn_mode = "eval"
@@ -196,6 +224,8 @@ def finish(c: ml_collections.ConfigDict, arg=None) -> ml_collections.ConfigDict:
   c.flow.eval_examples = 32
   c.flow.recon_examples = 8
   c.flow.num_samples = 4
+  c.vaegan.update(latent_dim=4, width=4, batch_size=20, epochs=1.0, log_every=4,
+                  checkpoint_every=4, recon_examples=8, num_samples=10)
   if c.classifier.model == "ResNet18":
     c.classifier.arch.width = 4
   c.classifier.batch_size = 16
@@ -216,6 +246,7 @@ def _cpu(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.flow.warmup_samples = 50_000
   else:
     c.flow.epochs = 3.0
+  c.vaegan.epochs = min(c.vaegan.epochs, 5.0)
   if c.classifier.model == "ResNet18":
     c.classifier.arch.width = 16
     scale = 60.0 / c.classifier.epochs

@@ -21,7 +21,7 @@ def main(argv):
 
   from configs import cifar10_adv
   from jaxflowaug import parallel
-  from train import classifier_trainer, flow_trainer
+  from train import classifier_trainer, flow_trainer, generator
 
   config = cifar10_adv.get_config("smoke")
   config.classifier.model = "_ResNetTiny"
@@ -41,10 +41,11 @@ def main(argv):
   tx = classifier_trainer.create_optimizer(config.classifier, steps_per_epoch=4)
   state = jax.jit(lambda k: classifier_trainer.create_train_state(model, k, (32, 32, 3), tx),
                   out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(2))
-  step = jax.jit(functools.partial(classifier_trainer.train_step, model=model, flow=flow,
+  frozen, frozen_vars = generator.latent_flow(flow, flow_vars)
+  step = jax.jit(functools.partial(classifier_trainer.train_step, model=model, frozen=frozen,
                                    config=config, num_classes=10),
                  out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)))
-  state, metrics = step(state, batch, jax.random.PRNGKey(3), flow_vars)
+  state, metrics = step(state, batch, jax.random.PRNGKey(3), frozen_vars)
   losses = [float(parallel.to_host(metrics["loss"]))]
   leaves = [np.asarray(parallel.to_host(x)).ravel() for x in jax.tree.leaves(state.params)]
   print(json.dumps({"devices": jax.device_count(), "losses": losses,

@@ -167,6 +167,13 @@ def test_missing_flow_checkpoint_is_refused(good, tmp_path):
            r"flow\.checkpoint='.*nowhere': no such directory")
 
 
+def test_missing_vaegan_checkpoint_is_refused(good, tmp_path):
+  config = _config(cifar10_adv, good, perturb__generator="vaegan",
+                   vaegan__checkpoint=str(tmp_path / "nowhere"))
+  _refused(config, tmp_path / "work", FileNotFoundError,
+           r"vaegan\.checkpoint='.*nowhere': no such directory")
+
+
 @pytest.mark.parametrize("poison,limit,match", [
     (False, 1e-12, r"max \|F\^-1\(F\(x\)\) - x\| = \d.* on 32 training images exceeds "
                    r"classifier\.max_flow_reconstruction_error=1e-12"),
@@ -197,6 +204,9 @@ def test_flow_that_does_not_invert_is_refused(good, tmp_path, poison, limit, mat
     ("flow__arch__coupling", "cubic", r"flow\.arch=.* does not fit flow\.model='Glow': "
                                       r"coupling='cubic'"),
     ("flow__learning_rate", 0.0, r"flow\.learning_rate=0\.0 must be > 0"),
+    ("perturb__generator", "gan", r"perturb\.generator='gan' is unknown"),
+    ("perturb__density_percentile", 100.0, r"perturb\.density_percentile=100\.0 must be in"),
+    ("perturb__density_mode", "clip", r"perturb\.density_mode='clip': use one of"),
 ])
 def test_bad_config_values_are_refused_at_startup(good, tmp_path, field, value, match):
   _refused(_config(cifar10_adv, good, **{field: value}), tmp_path / "work", ValueError, match)

@@ -161,12 +161,12 @@ def test_table5_norms_match_hand_computed_values():
                                                             attack=attack),
                     static_argnames="attack")
   l2 = evaluate.Attack("pgd", "l2", eps=0.1, step_size=0.1, steps=1, random_start=False)
-  out = evaluate.run_attack(step_fn, state, split, l2, jax.random.PRNGKey(0), None, 8, mesh)
+  out = evaluate.run_attack(step_fn, state, split, l2, jax.random.PRNGKey(0), 0.0, None, 8, mesh)
   assert out["l2"].shape == (12,) and out["perturbed"].shape == (12,) + SHAPE
   np.testing.assert_allclose(out["l2"], 0.1, rtol=1e-4)
   assert np.all(out["linf"] <= 0.1 + 1e-6)
   linf = evaluate.Attack("pgd", "linf", eps=0.05, step_size=0.05, steps=1, random_start=False)
-  out = evaluate.run_attack(step_fn, state, split, linf, jax.random.PRNGKey(0), None, 8, mesh)
+  out = evaluate.run_attack(step_fn, state, split, linf, jax.random.PRNGKey(0), 0.0, None, 8, mesh)
   np.testing.assert_allclose(out["linf"], 0.05, rtol=1e-4)
   summary = evaluate.summarize_attack(0.5, out)
   np.testing.assert_allclose(summary["linf"], 0.05, rtol=1e-4)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from configs import cifar10_adv, cifar10_flow, fmnist_adv, fmnist_flow
-from train import checkpoint, classifier_trainer, experiment, flow_trainer, input_pipeline
+from train import (checkpoint, classifier_trainer, experiment, flow_trainer, generator,
+                   input_pipeline)
 
 
 def _npz(path, shape, num_train, num_test, num_classes=10, seed=0):
@@ -119,7 +120,8 @@ def test_cached_latents_give_the_same_train_step(flow_run, cifar_like, tmp_path)
                                              datasets.num_classes)
   mesh = parallel.make_mesh()
   split = datasets.train.take(np.arange(16))
-  latents = classifier_trainer.encode(flow, flow_vars, split, 16, mesh)
+  frozen, frozen_vars = generator.latent_flow(flow, flow_vars)
+  latents = generator.encode(frozen.latent, flow_vars, split, 16, mesh)
   z, _ = flow.apply(flow_vars, input_pipeline.to_float(jnp.asarray(split.images)),
                     method=flow.forward)
   np.testing.assert_allclose(latents, z, atol=1e-5)
@@ -128,7 +130,7 @@ def test_cached_latents_give_the_same_train_step(flow_run, cifar_like, tmp_path)
   state = classifier_trainer.create_train_state(model, jax.random.PRNGKey(0),
                                                 datasets.image_shape, tx)
   step = jax.jit(lambda s, b: classifier_trainer.train_step(
-      s, b, jax.random.PRNGKey(1), flow_vars, model=model, flow=flow, config=config,
+      s, b, jax.random.PRNGKey(1), frozen_vars, model=model, frozen=frozen, config=config,
       num_classes=datasets.num_classes))
   batch = {"image": jnp.asarray(split.images), "label": jnp.asarray(split.labels)}
   plain, m_plain = step(state, batch)
@@ -145,3 +147,91 @@ def test_classifier_with_cached_latents_and_crop_flip_runs(flow_run, cifar_like,
   config.perturb.cache_latents = True
   out = experiment.run(config, str(tmp_path))
   assert 0.0 <= out["test_accuracy"] <= 1.0 and out["steps"] == 64 // 16
+
+
+def _manual_augment(state, batch, key, frozen, frozen_vars, model, config):
+  """The classifier step's augmentation written out by hand: crop+flip, latent perturbation,
+  cutout, mixup, each with the key `augment_batch` documents, each only when configured."""
+  from jaxflowaug import augment
+  aug = config.classifier.augment
+  k_img, k_pert, k_cut, k_mix = jax.random.split(key, 4)
+  x, y = input_pipeline.to_float(batch["image"]), batch["label"]
+  if aug.crop_flip:
+    x = augment.random_crop_flip(k_img, x, pad=aug.crop_pad, flip=aug.flip)
+  if config.perturb.method != "none":
+    x = classifier_trainer.perturb_batch(state, x, y, k_pert, frozen_vars, model=model,
+                                         frozen=frozen, cfg=config.perturb)[0]
+  if aug.cutout:
+    x = augment.cutout(k_cut, x, size=aug.cutout)
+  labels = y
+  if aug.mixup_alpha:
+    x, labels = augment.mixup(k_mix, x, jax.nn.one_hot(y, 10), alpha=aug.mixup_alpha)
+  return x, labels
+
+
+@pytest.mark.parametrize("crop_flip,cutout,mixup,method", [
+    (True, 8, 0.4, "rla"), (False, 0, 0.0, "none"), (False, 8, 0.4, "none"),
+    (True, 0, 0.0, "rla")])
+def test_combined_augmentation_applies_each_part_as_configured(crop_flip, cutout, mixup,
+                                                               method):
+  config = cifar10_adv.get_config("smoke")
+  config.classifier.model = "_ResNetTiny"
+  config.classifier.augment.update(crop_flip=crop_flip, cutout=cutout, mixup_alpha=mixup)
+  config.perturb.update(method=method, norm="linf", eps=0.3)
+  rng = np.random.default_rng(0)
+  batch = {"image": jnp.asarray(rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)),
+           "label": jnp.asarray(np.arange(8) % 10, jnp.int32)}
+  x = input_pipeline.to_float(batch["image"])
+  flow = flow_trainer.create_flow(config, 10)
+  frozen, frozen_vars = generator.latent_flow(
+      flow, flow.init(jax.random.PRNGKey(1), x, method=flow.forward))
+  model = classifier_trainer.create_model(config, 10)
+  state = classifier_trainer.create_train_state(
+      model, jax.random.PRNGKey(0), (32, 32, 3), classifier_trainer.create_optimizer(
+          config.classifier, 4))
+  key = jax.random.PRNGKey(5)
+  got, labels, counts = jax.jit(lambda s, b: classifier_trainer.augment_batch(
+      s, b, key, frozen_vars, model=model, frozen=frozen, config=config, num_classes=10))(
+          state, batch)
+  want, want_labels = _manual_augment(state, batch, key, frozen, frozen_vars, model, config)
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  np.testing.assert_allclose(labels, want_labels, atol=1e-6)
+  if not (crop_flip or cutout or mixup or method != "none"):
+    np.testing.assert_array_equal(got, x)  # nothing configured: the clean batch
+  if cutout and not mixup:
+    assert int(jnp.sum(jnp.all(got == 0, axis=-1))) >= 8 * cutout ** 2 // 4
+  assert labels.ndim == (2 if mixup else 1)
+  assert int(counts["nonfinite_decodes"]) == 0
+
+
+def test_density_filtered_ala_trains_and_reports_the_kept_fraction(mnist_like, tmp_path):
+  """A-LA with the flow's density filter (shrink, 50th percentile) in training, and a
+  reject-filtered attack in the evaluate stage."""
+  config = _config(fmnist_adv, mnist_like)
+  config.stages = ("flow", "classifier", "evaluate")
+  config.perturb.update(density_percentile=50.0, density_mode="shrink", density_shrink_steps=2)
+  config.evaluation.update(num_examples=32, batch_size=16, fid_features="classifier",
+                           fid_examples=32, kid_subset_size=8, kid_subsets=2, attacks=(
+      ("rla", dict(method="rla", norm="linf", eps=0.5)),
+      ("rla_p50", dict(method="rla", norm="linf", eps=0.5, density_percentile=50.0))))
+  out = experiment.run(config, str(tmp_path))
+  kept = out["stages"]["classifier"]["density_kept_fraction"]
+  assert 0.0 <= kept <= 1.0
+  attacks = out["stages"]["evaluate"]["attacks"]
+  assert attacks["rla"].get("density_kept_fraction") is None
+  assert 0.0 <= attacks["rla_p50"]["density_kept_fraction"] < 1.0
+  assert attacks["rla_p50"]["l2"] <= attacks["rla"]["l2"] + 1e-6  # rejected rows are clean
+
+
+def test_vaegan_stage_then_ala_in_its_latent(mnist_like, tmp_path):
+  config = _config(fmnist_adv, mnist_like)
+  config.stages = ("vaegan", "classifier")
+  config.perturb.update(generator="vaegan", steps=2)
+  out = experiment.run(config, str(tmp_path))
+  assert 0.0 < out["stages"]["vaegan"]["val_reconstruction_mse"] < 1.0
+  assert "flow" not in out["stages"]  # the VAE-GAN replaces the flow
+  assert 0.0 <= out["test_accuracy"] <= 1.0
+  assert os.path.exists(os.path.join(str(tmp_path), "vaegan", "samples.png"))
+  config.vaegan.checkpoint, config.vaegan.width = str(tmp_path), 8
+  with pytest.raises(ValueError, match=r"vaegan\.checkpoint=.* was trained for another vaegan"):
+    experiment.run(config, str(tmp_path / "other"))

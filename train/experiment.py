@@ -1,7 +1,8 @@
 """One experiment: the stages named in `config.stages`, run in order into one work directory.
 
 A finished stage is skipped and an interrupted one resumes from its last checkpoint, so rerunning
-after a crash or preemption continues where it stopped. `workdir/results.json` gathers the final
+after a crash or preemption continues where it stopped. 'vaegan' trains the VAE-GAN of the
+exact-vs-approximate ablation (`perturb.generator='vaegan'`). `workdir/results.json` gathers the final
 metrics of every stage that ran (a later stage's override an earlier one's where both name a
 key). 'evaluate' (train/evaluate.py) tests the classifier of the same workdir, clean and under the
 attacks of `config.evaluation`.
@@ -10,9 +11,10 @@ import os
 
 import ml_collections
 
-from train import classifier_trainer, evaluate, flow_trainer, input_pipeline, results
+from train import (checkpoint, classifier_trainer, evaluate, flow_trainer, input_pipeline,
+                   results, vaegan_trainer)
 
-STAGES = ("flow", "classifier", "evaluate")
+STAGES = ("flow", "vaegan", "classifier", "evaluate")
 
 
 def check_workdir(workdir: str) -> str:
@@ -37,18 +39,28 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "flow" in config.stages
       or ("classifier" in config.stages and classifier_trainer.uses_flow(config))
       or ("evaluate" in config.stages and evaluate.uses_flow(config)))
+  run_vaegan = not config.vaegan.checkpoint and (
+      "vaegan" in config.stages
+      or ("classifier" in config.stages and classifier_trainer.uses_vaegan(config)))
   # Every config check before anything is written: a refused run leaves no workdir behind.
   if run_flow:
     flow_trainer.validate(config)
+  if run_vaegan:
+    vaegan_trainer.validate(config)
   if "classifier" in config.stages:
     classifier_trainer.validate(config)
   if "evaluate" in config.stages:
     evaluate.validate(config)
+  if "classifier" in config.stages and classifier_trainer.uses_vaegan(config) and not run_vaegan:
+    checkpoint.frozen_directory(config.vaegan.checkpoint, vaegan_trainer.STAGE,
+                                "vaegan.checkpoint")
   workdir = check_workdir(workdir)
   datasets = input_pipeline.load(config)
   merged, per_stage = {}, {}
   if run_flow:
     per_stage["flow"] = flow_trainer.train_and_evaluate(config, workdir, datasets)
+  if run_vaegan:
+    per_stage["vaegan"] = vaegan_trainer.train_and_evaluate(config, workdir, datasets)
   if "classifier" in config.stages:
     per_stage["classifier"] = classifier_trainer.train_and_evaluate(config, workdir, datasets)
   if "evaluate" in config.stages:
