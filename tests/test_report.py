@@ -36,6 +36,17 @@ def runs(tmp_path):
       perturbations_png="/elsewhere/perturbations.png", curves_png=None)
   with open(os.path.join(evaluated, "perturbations.png"), "wb") as f:
     f.write(b"png")
+  density = _attack("R-LA linf ε 0.25, density p10 reject", 0.7, 12.5, 2.0, 0.2, fid=2.0, kid=0.0)
+  config = cifar10_adv.get_config()
+  config.seed = 1
+  _write(root, "sweep/ala_s1", "evaluate", config, clean_accuracy=0.8, train_examples=2500,
+         fid_features="inception", clean=dict(fid=1.75, kid=0.0004),
+         attacks={"rla": _attack("R-LA linf ε 0.25", 0.6, 25.0, 4.0, 0.4, fid=4.5, kid=0.003),
+                  "rla_p10": dict(density, density_kept_fraction=0.9)})
+  vaegan = fmnist_adv.get_config()
+  vaegan.vaegan.per_class = True
+  _write(root, "fmnist/vaegan", "vaegan", vaegan, val_reconstruction_mse=0.0166,
+         val_reconstruction_mae=0.0669)
   full = cifar10_da.get_config()
   full.data.train_size = 0
   _write(root, "cifar/da_full", "evaluate", full, clean_accuracy=0.95, train_examples=45000,
@@ -83,13 +94,17 @@ def test_report_renders_the_paper_tables(runs, capsys):
   assert "![Fashion-MNIST: test accuracy against training images](fig5_fashion_mnist.png)" in lines
   with open(os.path.join(runs, "fig5_fashion_mnist.png"), "rb") as f:
     assert f.read(4) == b"\x89PNG"
-  assert ("| sweep/ala_s0 | A-LA l2 ε 1 α 0.5 k 3 | R-LA linf ε 0.25 | Inception | 3.50 | 1.00 "
-          "| 3.71 |") in lines
-  assert ("| sweep/ala_s0 | A-LA l2 ε 1 α 0.5 k 3 | clean (reference) | Inception | 1.25 | 0.20 "
-          "|  |") in lines
+  # Table 4: the seeds of a group merged, mean ± std; a density filter's kept fraction.
+  assert ("| sweep/ala (n=2) | A-LA l2 ε 1 α 0.5 k 3 | R-LA linf ε 0.25 | Inception | 4.00 ± 0.50 "
+          "| 2.00 ± 1.00 | – | 3.71 |") in lines
+  assert ("| sweep/ala (n=2) | A-LA l2 ε 1 α 0.5 k 3 | clean (reference) | Inception "
+          "| 1.50 ± 0.25 | 0.30 ± 0.10 | – |  |") in lines
+  assert ("| sweep/ala | A-LA l2 ε 1 α 0.5 k 3 | R-LA linf ε 0.25, density p10 reject | Inception "
+          "| 2.00 | 0.00 | 0.90 |  |") in lines
   # Classifier-feature distances never get the paper's FID beside them.
   assert ("| cifar/da_full | standard + DA | A-LA l2 ε 1 α 0.5 k 3 | classifier features (not "
-          "FID) | 7.00 | 2.00 |  |") in lines
+          "FID) | 7.00 | 2.00 | – |  |") in lines
+  assert "| fmnist/vaegan | Fashion-MNIST | per class | 10 | 0.0166 | 0.0669 |" in lines
   assert "| sweep/ala_s0 | R-LA linf ε 0.25 | 4.00 | 0.400 | 4.18 / 0.41 |" in lines
   # Table 6: the paper's full-data numbers only beside a full-data run.
   assert ("| cifar/da_full | standard + DA | 45000 (all) | A-LA l2 ε 1 α 0.5 k 3 | 95.0 | 60.0 "

@@ -1,6 +1,6 @@
 """`python -m train.report RUNS_DIR`: every result under RUNS_DIR, laid out as the paper's tables.
 
-Reads each stage's `results.json` below RUNS_DIR (`<run>/{flow,classifier,evaluate}/results.json`;
+Reads each stage's `results.json` below RUNS_DIR (`<run>/{flow,vaegan,classifier,evaluate}/results.json`;
 a run is the directory holding the stage directories, so single runs and the runs of sweeps
 (`train/sweep.py`) count alike) and writes `RUNS_DIR/REPORT.md`, also printed:
 - test accuracy (%) by method (rows) and classifier training-set size (columns), mean ± std
@@ -10,7 +10,9 @@ a run is the directory holding the stage directories, so single runs and the run
 - from the evaluate stage: Table 4 (FID/KID of perturbed images to the training images),
   Table 5 (mean l2 / linf image-space size of the perturbations), Table 6 (accuracy under
   attack and its relative drop);
-- the flows' bits/dim, and links to every run's figures.
+  Table 4 rows of runs that differ only in their seed (`sweep.group_key`) are merged, mean ±
+  std, with the fraction of perturbations a density filter kept;
+- the flows' bits/dim, the VAE-GANs' reconstruction errors, and links to every run's figures.
 The paper's numbers (`PAPER`, from PAPER.md) stand in brackets beside ours where dataset, method
 and size match. A table has only the rows that the runs provide; a section without rows is left
 out.
@@ -24,9 +26,9 @@ from typing import Optional
 import numpy as np
 from absl import app
 
-from train import evaluate, figures, results
+from train import evaluate, figures, results, sweep
 
-STAGES = ("flow", "classifier", "evaluate")
+STAGES = ("flow", "vaegan", "classifier", "evaluate")
 REPORT_FILE = "REPORT.md"
 
 # The paper's numbers, keyed by our labels (`method_label`, `evaluate.attack_label`).
@@ -100,10 +102,14 @@ def dataset_name(config: dict) -> str:
 
 def method_label(config: dict) -> str:
   """The classifier's training method: 'standard', 'standard + DA' (crop/flip or translate),
-  'Cutout', 'Mixup', or the perturbation's `evaluate.attack_label` (with ' + Cutout' etc.);
+  'Cutout', 'Mixup', or the perturbation's `evaluate.attack_label` (' via VAE-GAN' when in a
+  VAE-GAN's latent; with ' + Cutout' etc.);
   methods other than standard are marked ' (no DA)' when trained without crop/flip/translate."""
   p, aug = config["perturb"], config["classifier"]["augment"]
   parts = [evaluate.attack_label(p)] if p["method"] != "none" else []
+  if parts and p["method"] != "pgd" and p.get("generator", "flow") == "vaegan":
+    per_class = config.get("vaegan", {}).get("per_class")
+    parts[0] += f" via VAE-GAN{' (per class)' if per_class else ''}"
   parts += [name for name, key in (("Cutout", "cutout"), ("Mixup", "mixup_alpha")) if aug.get(key)]
   image_da = bool(aug.get("crop_flip") or aug.get("translate"))
   if not parts:
@@ -136,6 +142,16 @@ def _mean_std(values: list) -> str:
   if len(values) == 1:
     return f"{values[0]:.1f}"
   return f"{values.mean():.1f} ± {values.std():.1f} (n={len(values)})"
+
+
+def _spread(values: list, spec: str, scale: float = 1.0) -> str:
+  """'mean ± std' of the non-None values (one alone as itself), '–' when there are none."""
+  values = [scale * v for v in values if v is not None]
+  if not values:
+    return "–"
+  if len(values) == 1:
+    return format(values[0], spec)
+  return f"{format(np.mean(values), spec)} ± {format(np.std(values), spec)}"
 
 
 def _paper(value) -> str:
@@ -193,7 +209,7 @@ def accuracy_sections(runs: dict, runs_dir: str) -> list:
 
 def evaluation_sections(runs: dict) -> list:
   """Tables 4, 5 and 6 from the runs' evaluate stages, one row per (run, attack)."""
-  fid_rows, norm_rows, robust_rows = [], [], []
+  fid_groups, norm_rows, robust_rows = {}, [], []  # (group, trained, attack, features) -> rows
   for run, stages in runs.items():
     out = stages.get("evaluate")
     if not out or "attacks" not in out:
@@ -206,15 +222,15 @@ def evaluation_sections(runs: dict) -> list:
     suffix = "" if inception else "_classifier_features"
     features = "Inception" if inception else "classifier features (not FID)"
     clean = out.get("clean", {})
-    fid_rows.append([run, trained, "clean (reference)", features,
-                     _fmt(clean.get(f"fid{suffix}"), ".2f"),
-                     _fmt(clean.get(f"kid{suffix}"), ".2f", 1e3), ""])
+    group = sweep.group_key(run)
+    fid_groups.setdefault((group, trained, "clean (reference)", features, ""), []).append(
+        (clean.get(f"fid{suffix}"), clean.get(f"kid{suffix}"), None))
     for row in out["attacks"].values():
       label = row["label"]
       paper_fid = PAPER["fid"].get(label) if cifar and inception else None
-      fid_rows.append([run, trained, label, features, _fmt(row.get(f"fid{suffix}"), ".2f"),
-                       _fmt(row.get(f"kid{suffix}"), ".2f", 1e3),
-                       "" if paper_fid is None else paper_fid])
+      fid_groups.setdefault((group, trained, label, features,
+                             "" if paper_fid is None else paper_fid), []).append(
+          (row.get(f"fid{suffix}"), row.get(f"kid{suffix}"), row.get("density_kept_fraction")))
       paper_norms = PAPER["norms"].get(label) if cifar else None
       norm_rows.append([run, label, _fmt(row["l2"], ".2f"), _fmt(row["linf"], ".3f"),
                         "" if paper_norms is None else f"{paper_norms[0]} / {paper_norms[1]}"])
@@ -224,13 +240,20 @@ def evaluation_sections(runs: dict) -> list:
                           _fmt(row["accuracy"], ".1f", 100), _fmt(row["relative_drop"], ".1f"),
                           "" if paper_robust is None else
                           f"{paper_robust[0]} / {paper_robust[1]}"])
-  if not fid_rows:
+  if not fid_groups:
     return []
+  fid_rows = [[group + (f" (n={len(values)})" if len(values) > 1 else ""), trained, label,
+               features, _spread([v[0] for v in values], ".2f"),
+               _spread([v[1] for v in values], ".2f", 1e3),
+               _spread([v[2] for v in values], ".2f"), paper]
+              for (group, trained, label, features, paper), values in fid_groups.items()]
   return (["## Table 4: distance of perturbed images to the training images", "",
-           "KID x 10^3. FID/KID in classifier features are not comparable with published FIDs; "
-           "the clean row is the floor that the sample sizes alone give.", ""]
-          + _table(["run", "trained with", "attack", "features", "FID", "KID", "paper FID"],
-                   fid_rows)
+           "KID x 10^3; mean ± std over the seeds of a run group. FID/KID in classifier features "
+           "are not comparable with published FIDs, and each run's come from its own classifier; "
+           "the clean row is the floor that the sample sizes alone give. 'kept': the fraction "
+           "of perturbations a density filter kept.", ""]
+          + _table(["runs", "trained with", "attack", "features", "FID", "KID", "kept",
+                    "paper FID"], fid_rows)
           + ["", "## Table 5: mean image-space size of the perturbations", "",
              "Pixels in [0, 1]. The paper's latent-attack sizes include its decode's 10% contrast "
              "compression (flow.arch.authors_decode=True reproduces it).", ""]
@@ -255,9 +278,27 @@ def flow_section(runs: dict) -> list:
           + [""])
 
 
+def vaegan_section(runs: dict) -> list:
+  rows = []
+  for run, stages in runs.items():
+    out = stages.get("vaegan")
+    if out:
+      cfg = out["config"]["vaegan"]
+      rows.append([run, dataset_name(out["config"]), "per class" if cfg["per_class"] else "one",
+                   cfg["latent_dim"], _fmt(out.get("val_reconstruction_mse"), ".4f"),
+                   _fmt(out.get("val_reconstruction_mae"), ".4f")])
+  if not rows:
+    return []
+  return (["## VAE-GANs: reconstruction error of G(mu(x)) on the evaluation images", "",
+           "Pixels in [0, 1]; a flow's is ~1e-6 (its code is exact).", ""]
+          + _table(["run", "dataset", "models", "code size", "MSE", "MAE"], rows) + [""])
+
+
 def figure_links(runs: dict, runs_dir: str) -> list:
   """Links to the figures every run wrote (those that exist on disk)."""
   names = (("flow", "samples_png", "flow samples"),
+           ("vaegan", "samples_png", "VAE-GAN samples"),
+           ("vaegan", "reconstructions_png", "VAE-GAN reconstructions"),
            ("evaluate", "perturbations_png", "perturbations (Fig. 3)"),
            ("evaluate", "curves_png", "learning curves (Fig. 4)"))
   lines = []
@@ -280,7 +321,8 @@ def render(runs_dir: str) -> str:
            "over seeds where several; the paper's numbers in brackets where the setting matches.",
            ""]
   if runs:
-    lines += accuracy_sections(runs, runs_dir) + evaluation_sections(runs) + flow_section(runs)
+    lines += (accuracy_sections(runs, runs_dir) + evaluation_sections(runs) + flow_section(runs)
+              + vaegan_section(runs))
     lines += figure_links(runs, runs_dir)
   else:
     lines.append(f"No `{results.RESULTS_FILE}` of a stage found.")
