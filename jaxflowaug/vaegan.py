@@ -26,17 +26,23 @@ import jax.numpy as jnp
 from jaxflowaug.conv import Conv
 
 
+def _downsample(x, width: int):
+  """The encoder's and discriminator's trunk, called inside their `nn.compact` (its layers are
+  theirs): conv 4x4/2 (width), conv 4x4/2 (2 width), dense 4 width; leaky ReLU 0.2.
+  (B, H, W, ch) -> (B, 4 width)."""
+  h = nn.leaky_relu(Conv(width, (4, 4), (2, 2))(x), 0.2)
+  h = nn.leaky_relu(Conv(2 * width, (4, 4), (2, 2))(h), 0.2)
+  return nn.leaky_relu(nn.Dense(4 * width)(h.reshape(h.shape[0], -1)), 0.2)
+
+
 class Encoder(nn.Module):
-  """x (B, H, W, ch) -> (mu, logvar), each (B, latent_dim): conv 4x4/2 (width), conv 4x4/2
-  (2 width), dense 4 width, dense 2 d; leaky ReLU 0.2."""
+  """x (B, H, W, ch) -> (mu, logvar), each (B, latent_dim): `_downsample`, dense 2 d."""
   latent_dim: int
   width: int
 
   @nn.compact
   def __call__(self, x):
-    h = nn.leaky_relu(Conv(self.width, (4, 4), (2, 2))(x), 0.2)
-    h = nn.leaky_relu(Conv(2 * self.width, (4, 4), (2, 2))(h), 0.2)
-    h = nn.leaky_relu(nn.Dense(4 * self.width)(h.reshape(h.shape[0], -1)), 0.2)
+    h = _downsample(x, self.width)  # first: its layers are named before the head's
     out = nn.Dense(2 * self.latent_dim)(h)
     return out[:, :self.latent_dim], out[:, self.latent_dim:]
 
@@ -60,15 +66,12 @@ class Decoder(nn.Module):
 
 
 class Discriminator(nn.Module):
-  """x (B, H, W, ch) -> logit (B,) that x is a training image: conv 4x4/2 (width), conv 4x4/2
-  (2 width), dense 4 width, dense 1; leaky ReLU 0.2."""
+  """x (B, H, W, ch) -> logit (B,) that x is a training image: `_downsample`, dense 1."""
   width: int
 
   @nn.compact
   def __call__(self, x):
-    h = nn.leaky_relu(Conv(self.width, (4, 4), (2, 2))(x), 0.2)
-    h = nn.leaky_relu(Conv(2 * self.width, (4, 4), (2, 2))(h), 0.2)
-    h = nn.leaky_relu(nn.Dense(4 * self.width)(h.reshape(h.shape[0], -1)), 0.2)
+    h = _downsample(x, self.width)
     return nn.Dense(1)(h)[:, 0]
 
 
