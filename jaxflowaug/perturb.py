@@ -13,7 +13,7 @@ B_ε = {δ : ‖δ_b‖ ≤ ε for every b} in the chosen norm ("linf" or "l2").
 All functions are pure and jittable. `eps`, `step_size` and `fraction` may be Python floats
 or traced scalars; `steps`, `norm` and `method` are static Python values.
 """
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -74,7 +74,8 @@ def uniform_start(key: jax.Array, shape: Tuple[int, ...], eps, norm: str) -> jnp
 
 def pgd(loss_fn: Callable[[jnp.ndarray], jnp.ndarray], delta0: jnp.ndarray, *, eps,
         step_size, steps: int, norm: str,
-        bounds: Optional[Tuple[jnp.ndarray, jnp.ndarray]] = None) -> jnp.ndarray:
+        bounds: Optional[Tuple[jnp.ndarray, jnp.ndarray]] = None,
+        unroll: Union[int, bool] = True) -> jnp.ndarray:
   """Projected gradient ascent on the scalar `loss_fn(delta)` within the ε-ball.
 
   For j = 1..steps, with g = ∇_δ loss_fn(δʲ⁻¹) (non-finite entries of g set to 0 so that
@@ -85,7 +86,11 @@ def pgd(loss_fn: Callable[[jnp.ndarray], jnp.ndarray], delta0: jnp.ndarray, *, e
   (-x, 1 - x) so that x + δ stays in [0, 1]; with lo ≤ 0 ≤ hi this never leaves the ball).
   The loss should be summed (not averaged) over the batch: then g_b is the gradient of
   example b's own loss, independent of the others when the loss is per-example.
-  Runs as one `jax.lax.fori_loop`.
+  Runs as one `jax.lax.fori_loop`, by default unrolled (`unroll=True`; an int unrolls that many
+  steps per iteration, False keeps a while loop): XLA:CPU runs the convolutions of a while-loop
+  body several times slower than the same ops in straight-line code (measured with JAX 0.10.2,
+  2 cores: 10 PGD steps through a small conv decoder took 8.8 s as a loop, 1.1 s unrolled; see
+  BENCHMARKS.md), and k is small, so unrolling costs little compile time.
 
   Args:
     loss_fn: maps δ (shape of `delta0`) to a scalar to maximise.
@@ -95,6 +100,7 @@ def pgd(loss_fn: Callable[[jnp.ndarray], jnp.ndarray], delta0: jnp.ndarray, *, e
     steps: number of steps k, a Python int ≥ 1.
     norm: "linf" or "l2".
     bounds: optional (lo, hi) arrays broadcastable to δ, elementwise box on δ.
+    unroll: `jax.lax.fori_loop`'s unroll (static).
 
   Returns:
     δᵏ, same shape and dtype as `delta0`.
@@ -118,7 +124,7 @@ def pgd(loss_fn: Callable[[jnp.ndarray], jnp.ndarray], delta0: jnp.ndarray, *, e
       delta = jnp.clip(delta, *bounds)
     return delta.astype(delta0.dtype)
 
-  return jax.lax.fori_loop(0, steps, step, delta0)
+  return jax.lax.fori_loop(0, steps, step, delta0, unroll=unroll)
 
 
 def image_pgd(loss_fn: Callable[[jnp.ndarray], jnp.ndarray], x: jnp.ndarray, key: jax.Array,
