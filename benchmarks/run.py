@@ -85,7 +85,8 @@ def render(results: dict) -> str:
                 ("A-LA / standard FLOPs", "flop_ratio", "{:.2f}"),
                 ("time / FLOP ratio", "time_over_flops", "{:.2f}"),
                 ("target met", "target_met", None),
-                ("latent caching speed-up", "cache_speedup", "{:+.0%}")]), ""]
+                ("latent caching speed-up", "cache_speedup", "{:+.0%}"),
+                ("unrolled PGD speed-up (vs loop)", "unroll_speedup", "{:+.0%}")]), ""]
   if results.get("depth"):
     out += ["### Compile time against Glow depth (3 levels x K steps x 64, train step)", "",
             harness.markdown_table(results["depth"], [("K", "depth", None),

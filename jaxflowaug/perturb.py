@@ -128,8 +128,8 @@ def pgd(loss_fn: Callable[[jnp.ndarray], jnp.ndarray], delta0: jnp.ndarray, *, e
 
 
 def image_pgd(loss_fn: Callable[[jnp.ndarray], jnp.ndarray], x: jnp.ndarray, key: jax.Array,
-              *, eps, step_size, steps: int, norm: str, random_start: bool = True
-              ) -> jnp.ndarray:
+              *, eps, step_size, steps: int, norm: str, random_start: bool = True,
+              unroll: Union[int, bool] = True) -> jnp.ndarray:
   """Image-space PGD (Madry et al.): x_adv = x + δᵏ maximising `loss_fn(x + δ)`.
 
   δ⁰ = clip(uniform_start, -x, 1 - x) if `random_start` else 0; each step projects onto
@@ -139,6 +139,7 @@ def image_pgd(loss_fn: Callable[[jnp.ndarray], jnp.ndarray], x: jnp.ndarray, key
     loss_fn: maps images (B, H, W, C) to a scalar, summed over the batch.
     x: clean images (B, H, W, C) in [0, 1].
     key: PRNG key for the random start.
+    unroll: passed to `pgd`.
 
   Returns:
     x_adv (B, H, W, C) in [0, 1] with ‖x_adv_b - x_b‖ ≤ ε, no gradient (stop_gradient).
@@ -149,7 +150,7 @@ def image_pgd(loss_fn: Callable[[jnp.ndarray], jnp.ndarray], x: jnp.ndarray, key
   else:
     delta0 = jnp.zeros_like(x)
   delta = pgd(lambda d: loss_fn(x + d), delta0, eps=eps, step_size=step_size, steps=steps,
-              norm=norm, bounds=bounds)
+              norm=norm, bounds=bounds, unroll=unroll)
   return jax.lax.stop_gradient(jnp.clip(x + delta, 0.0, 1.0))
 
 
@@ -162,7 +163,8 @@ def _finite_or(x: jnp.ndarray, fallback: jnp.ndarray) -> Tuple[jnp.ndarray, jnp.
 def latent_attack(decode: Callable[[jnp.ndarray], jnp.ndarray],
                   loss_fn: Callable[[jnp.ndarray], jnp.ndarray], z: jnp.ndarray,
                   key: jax.Array, *, method: str, eps, norm: str, x_clean: jnp.ndarray,
-                  step_size=None, steps: Optional[int] = None, random_start: bool = True
+                  step_size=None, steps: Optional[int] = None, random_start: bool = True,
+                  unroll: Union[int, bool] = True
                   ) -> Tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
   """Perturbs latents `z` and decodes them: R-LA or A-LA.
 
@@ -185,7 +187,7 @@ def latent_attack(decode: Callable[[jnp.ndarray], jnp.ndarray],
     method: "rla" or "ala".
     eps, norm: the ball (see `project`).
     x_clean: the clean images (B, H, W, C) in [0, 1], used as fallback.
-    step_size, steps, random_start: PGD settings (A-LA only; see `pgd`).
+    step_size, steps, random_start, unroll: PGD settings (A-LA only; see `pgd`).
 
   Returns:
     (x_tilde (B, H, W, C) in [0, 1], num_nonfinite int32 scalar, delta of z's shape);
@@ -208,7 +210,7 @@ def latent_attack(decode: Callable[[jnp.ndarray], jnp.ndarray],
     else:
       delta0 = jnp.zeros_like(z)
     delta = pgd(lambda d: loss_fn(_finite_or(decode(z + d), x_clean)[0]), delta0, eps=eps,
-                step_size=step_size, steps=steps, norm=norm)
+                step_size=step_size, steps=steps, norm=norm, unroll=unroll)
   delta = jax.lax.stop_gradient(delta)
   x = jax.lax.stop_gradient(decode(z + delta))
   x, ok = _finite_or(jnp.clip(x, 0.0, 1.0), x_clean)

@@ -326,3 +326,12 @@ def test_density_filter_shrinks_to_the_largest_scale_that_passes():
   assert bool(jnp.all(_normal_log_prob(out) >= threshold))
   with pytest.raises(ValueError, match="mode"):
     perturb.density_filter(_normal_log_prob, lambda t: d, x_clean, 0.0, mode="clip")
+
+
+def test_unrolled_and_looped_pgd_agree():
+  w = jax.random.normal(jax.random.PRNGKey(0), (4, 6))
+  loss = lambda d: jnp.sum(jnp.tanh(d * w + 0.3) ** 2)
+  run = lambda unroll: perturb.pgd(loss, jnp.zeros((4, 6)), eps=0.5, step_size=0.1, steps=5,
+                                   norm="l2", unroll=unroll)
+  np.testing.assert_allclose(run(True), run(False), atol=1e-6)
+  np.testing.assert_allclose(run(2), run(False), atol=1e-6)

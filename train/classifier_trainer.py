@@ -157,7 +157,8 @@ def perturb_batch(state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array,
 
   if cfg.method == "pgd":
     x_t = perturb.image_pgd(loss_fn, x, attack_key, eps=cfg.eps, step_size=cfg.step_size,
-                            steps=cfg.steps, norm=cfg.norm, random_start=cfg.random_start)
+                            steps=cfg.steps, norm=cfg.norm, random_start=cfg.random_start,
+                            unroll=cfg.unroll)
     nonfinite = jnp.zeros((), jnp.int32)
     propose = lambda t: x + t * (x_t - x)
   else:
@@ -172,7 +173,8 @@ def perturb_batch(state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array,
           jnp.where(nan_decode, jnp.nan, 1.0))
     x_t, nonfinite, delta = perturb.latent_attack(
         decode, loss_fn, z, attack_key, x_clean=x, method=cfg.method, eps=cfg.eps,
-        step_size=cfg.step_size, steps=cfg.steps, norm=cfg.norm, random_start=cfg.random_start)
+        step_size=cfg.step_size, steps=cfg.steps, norm=cfg.norm, random_start=cfg.random_start,
+        unroll=cfg.unroll)
     propose = lambda t: jnp.clip(decode(z + t * delta), 0.0, 1.0)
   x_t = jax.lax.stop_gradient(x_t)
   kept = jnp.ones((x.shape[0],), bool)
@@ -262,6 +264,7 @@ def identity(config: ml_collections.ConfigDict) -> dict:
   keep = {k: config[k].to_dict() for k in ("data", "classifier", "perturb")}
   for k in ("log_every", "checkpoint_every", "eval_every_epochs", "max_flow_reconstruction_error"):
     keep["classifier"].pop(k, None)
+  keep["perturb"].pop("unroll", None)  # speed only: the same attack, unrolled or not
   keep["seed"] = config.seed
   return keep
 
