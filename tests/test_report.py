@@ -150,3 +150,16 @@ def test_method_labels_match_the_papers_rows(module, change, label):
       node = node[part]
     node[name] = value
   assert report.method_label(config.to_dict()) == label
+
+
+def test_method_labels_name_the_generator_fraction_and_density_filter():
+  config = fmnist_adv.get_config()
+  config.perturb.update(generator="vaegan", fraction=0.5)
+  config.vaegan.per_class = True
+  assert report.method_label(config.to_dict()) == (
+      "A-LA linf ε 0.05 α 0.01 k 10 via VAE-GAN (per class) on 50% of each batch (no DA)")
+  config = fmnist_adv.get_config()
+  config.perturb.update(density_percentile=10.0, density_mode="shrink")
+  config.classifier.augment.update(crop_flip=True, cutout=8, mixup_alpha=0.2)
+  assert report.method_label(config.to_dict()) == (
+      "A-LA linf ε 0.05 α 0.01 k 10, density p10 shrink + Cutout + Mixup")

@@ -103,13 +103,15 @@ def dataset_name(config: dict) -> str:
 def method_label(config: dict) -> str:
   """The classifier's training method: 'standard', 'standard + DA' (crop/flip or translate),
   'Cutout', 'Mixup', or the perturbation's `evaluate.attack_label` (' via VAE-GAN' when in a
-  VAE-GAN's latent; with ' + Cutout' etc.);
+  VAE-GAN's latent, ' on 50% of each batch' when `perturb.fraction` < 1; with ' + Cutout' etc.);
   methods other than standard are marked ' (no DA)' when trained without crop/flip/translate."""
   p, aug = config["perturb"], config["classifier"]["augment"]
   parts = [evaluate.attack_label(p)] if p["method"] != "none" else []
   if parts and p["method"] != "pgd" and p.get("generator", "flow") == "vaegan":
     per_class = config.get("vaegan", {}).get("per_class")
     parts[0] += f" via VAE-GAN{' (per class)' if per_class else ''}"
+  if parts and p.get("fraction", 1.0) < 1.0:
+    parts[0] += f" on {p['fraction']:.0%} of each batch"
   parts += [name for name, key in (("Cutout", "cutout"), ("Mixup", "mixup_alpha")) if aug.get(key)]
   image_da = bool(aug.get("crop_flip") or aug.get("translate"))
   if not parts:
