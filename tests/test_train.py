@@ -170,8 +170,7 @@ def _manual_augment(state, batch, key, frozen, frozen_vars, model, config):
 
 
 @pytest.mark.parametrize("crop_flip,cutout,mixup,method", [
-    (True, 8, 0.4, "rla"), (False, 0, 0.0, "none"), (False, 8, 0.4, "none"),
-    (True, 0, 0.0, "rla")])
+    (True, 8, 0.4, "rla"), (False, 0, 0.0, "none"), (False, 8, 0.4, "none")])
 def test_combined_augmentation_applies_each_part_as_configured(crop_flip, cutout, mixup,
                                                                method):
   config = cifar10_adv.get_config("smoke")
