@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import cifar10_adv, cifar10_flow, fmnist_adv, fmnist_flow
+from configs import cifar10_adv, cifar10_flow, fmnist_adv
 from train import (checkpoint, classifier_trainer, experiment, flow_trainer, generator,
                    input_pipeline)
 

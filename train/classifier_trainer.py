@@ -303,10 +303,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """
   validate(config)
   cfg = config.classifier
-  done = results.read(os.path.join(workdir, STAGE))
+  done = results.finished(workdir, STAGE)
   if done is not None:
-    logging.info("classifier stage already finished in %s; skipping.",
-                 os.path.join(workdir, STAGE))
     return done
   datasets = datasets or input_pipeline.load(config)
   mesh = parallel.make_mesh()

@@ -384,10 +384,8 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str,
   validate(config)
   cfg = config.evaluation
   stage_dir = writer.stage_dir(workdir, STAGE)
-  done = results.read(stage_dir)
+  done = results.finished(workdir, STAGE)
   if done is not None:
-    logging.info("evaluate stage already finished in %s; skipping (delete it to rerun).",
-                 stage_dir)
     return done
   datasets = datasets or input_pipeline.load(config)
   mesh = parallel.make_mesh()

@@ -6,6 +6,7 @@ from typing import Any, Mapping, Optional
 
 import jax
 import ml_collections
+from absl import logging
 
 RESULTS_FILE = "results.json"
 
@@ -34,6 +35,17 @@ def read(workdir: str) -> Optional[dict]:
     return None
   with open(path) as f:
     return json.load(f)
+
+
+def finished(workdir: str, stage: str) -> Optional[dict]:
+  """The results of stage `stage` in `workdir` if it has finished (then it is skipped), else
+  None."""
+  stage_dir = os.path.join(workdir, stage)
+  done = read(stage_dir)
+  if done is not None:
+    logging.info("%s stage already finished in %s; skipping (delete %s to rerun it).", stage,
+                 stage_dir, os.path.join(stage_dir, RESULTS_FILE))
+  return done
 
 
 def write(workdir: str, metrics: Mapping[str, Any], config: ml_collections.ConfigDict) -> dict:

@@ -126,9 +126,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """Trains the VAE-GAN (resuming from `<workdir>/vaegan`), evaluates it, writes its results."""
   validate(config)
   cfg = config.vaegan
-  done = results.read(os.path.join(workdir, STAGE))
+  done = results.finished(workdir, STAGE)
   if done is not None:
-    logging.info("vaegan stage already finished in %s; skipping.", os.path.join(workdir, STAGE))
     return done
   datasets = datasets or input_pipeline.load(config)
   mesh = parallel.make_mesh()
