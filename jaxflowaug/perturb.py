@@ -287,3 +287,20 @@ def check_attack_args(eps, step_size, steps, norm) -> None:
     raise ValueError(f'perturb.step_size must be a finite number > 0; got {step_size!r}.')
   _check_steps(steps, 'perturb.steps')
   _check_norm(norm, 'perturb.norm')
+
+
+def check_density_args(percentile, mode, shrink_steps, prefix: str = 'perturb.') -> None:
+  """Validates density-filter settings at start-up; messages name `<prefix>density_*`.
+
+  Raises:
+    ValueError: if percentile is not a number in [0, 100), mode is unknown, or shrink_steps is
+      not an int >= 0.
+  """
+  if (isinstance(percentile, bool) or not isinstance(percentile, (int, float))
+      or not 0 <= percentile < 100):
+    raise ValueError(f'{prefix}density_percentile={percentile!r} must be in [0, 100) '
+                     '(0 = no density filter).')
+  if mode not in DENSITY_MODES:
+    raise ValueError(f'{prefix}density_mode={mode!r}: use one of {DENSITY_MODES}.')
+  if isinstance(shrink_steps, bool) or not isinstance(shrink_steps, int) or shrink_steps < 0:
+    raise ValueError(f'{prefix}density_shrink_steps={shrink_steps!r} must be an int >= 0.')

@@ -54,18 +54,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if p.generator not in generator.KINDS:
     raise ValueError(f"perturb.generator={p.generator!r} is unknown; use one of "
                      f"{generator.KINDS}.")
-  if not 0.0 <= p.density_percentile < 100.0:
-    raise ValueError(f"perturb.density_percentile={p.density_percentile} must be in [0, 100) "
-                     "(0 = no density filter).")
+  perturb.check_density_args(p.density_percentile, p.density_mode, p.density_shrink_steps)
   if p.density_percentile > 0 and p.method == "none":
     raise ValueError("perturb.density_percentile > 0 filters perturbations, but perturb.method "
                      "is 'none'; choose a perturbation or set perturb.density_percentile=0.")
-  if p.density_mode not in perturb.DENSITY_MODES:
-    raise ValueError(f"perturb.density_mode={p.density_mode!r}: use one of "
-                     f"{perturb.DENSITY_MODES}.")
-  if not isinstance(p.density_shrink_steps, int) or p.density_shrink_steps < 0:
-    raise ValueError(f"perturb.density_shrink_steps={p.density_shrink_steps!r} must be an "
-                     "int >= 0.")
   if p.cache_latents and p.method not in ("rla", "ala"):
     raise ValueError(f"perturb.cache_latents=True needs perturb.method 'rla' or 'ala' (got "
                      f"{p.method!r}); set perturb.cache_latents=False.")

@@ -127,12 +127,7 @@ def parse_attacks(config: ml_collections.ConfigDict) -> list:
         raise ValueError(f"{field}: method={method!r} needs an int steps >= 1; got {steps!r}.")
     percentile = spec.get("density_percentile", 0.0)
     mode, shrink = spec.get("density_mode", "reject"), spec.get("density_shrink_steps", 3)
-    if not isinstance(percentile, (int, float)) or not 0 <= percentile < 100:
-      raise ValueError(f"{field}: density_percentile={percentile!r} must be in [0, 100).")
-    if mode not in perturb.DENSITY_MODES:
-      raise ValueError(f"{field}: density_mode={mode!r}; use one of {perturb.DENSITY_MODES}.")
-    if isinstance(shrink, bool) or not isinstance(shrink, int) or shrink < 0:
-      raise ValueError(f"{field}: density_shrink_steps={shrink!r} must be an int >= 0.")
+    perturb.check_density_args(percentile, mode, shrink, prefix=f"{field}: ")
     parsed.append((name, Attack(method, norm, float(eps), float(step_size), int(steps),
                                 bool(spec.get("random_start", True)), float(percentile), mode,
                                 shrink)))
