@@ -49,7 +49,7 @@ def classifier_steps(accelerator: bool) -> list:
     tx = classifier_trainer.create_optimizer(config.classifier, steps_per_epoch=100)
     state = jax.jit(lambda k: classifier_trainer.create_train_state(model, k, shape, tx))(
         jax.random.PRNGKey(0))
-    step = functools.partial(classifier_trainer.train_step, model=model, flow=None,
+    step = functools.partial(classifier_trainer.train_step, model=model, frozen=None,
                              config=config, num_classes=10)
     rows.append(harness.measure(f"{name}, batch {batch_size}", step, state, batch,
                                 jax.random.PRNGKey(1), None, items=batch_size, repeats=2,

@@ -24,13 +24,19 @@ position) the convolution is y = sum_ij T_ij @ k[i, j], which can be written as
 * ``"lax"``: `lax.conv_general_dilated`;
 * ``"im2col"``: one matmul y = P @ k.reshape(KH*KW*C, O) with the patches
   P[n, a, b, (i*KW + j)*C + c] = T_ij[n, a, b, c];
-* ``"shifted"``: KH*KW matmuls y = sum_ij T_ij @ k[i, j], no patch matrix.
+* ``"shifted"``: KH*KW matmuls y = sum_ij T_ij @ k[i, j], no patch matrix;
+* ``"col2im"``: one matmul U = xp @ k, contracting C, to (N, HP, WP, KH, KW, O), then
+  y = sum_ij S_ij(U[..., i, j, :]) with S_ij the strided slice [i::sh, j::sw] of OH x OW
+  (im2col gathers before the matmul, col2im after it; cheap when KH*KW*O is small).
 
 All three are linear in x and in k, so JAX's transposes of them are the gradients:
-for the weight, "lax" gives lax's backward-filter convolution, "im2col" dk = P^T @ dy, and
-"shifted" dk[i, j] = T_ij^T @ dy; for the input, "lax" gives lax's backward-input
-convolution, and "im2col" the col2im form: one matmul G = dy @ k.reshape(-1, O)^T whose
-KH*KW slices are scattered back by `lax.pad` with interior padding (stride - 1) and summed.
+for the weight, "lax" gives lax's backward-filter convolution, "im2col" dk = P^T @ dy,
+"shifted" dk[i, j] = T_ij^T @ dy, and "col2im" dk = xp^T @ E with E the KH*KW copies of dy
+scattered by `lax.pad` (E_ij = S_ij^T dy: offset (i, j), interior padding stride - 1) into
+xp's frame; for the input, "lax" gives lax's backward-input convolution, "im2col" one matmul
+G = dy @ k.reshape(-1, O)^T whose KH*KW slices are scattered back by `lax.pad` and summed,
+"shifted" the same with KH*KW matmuls, and "col2im" dxp = E @ k^T, one matmul contracting
+KH*KW*O.
 
 `planned_conv` is a `jax.custom_jvp` whose primal uses one form and whose tangent
 dy = conv(dx, k) + conv(x, dk) uses a form per term (a `Plan`), so reverse mode
@@ -59,7 +65,7 @@ from jax.custom_derivatives import SymbolicZero
 # Flax's dimension numbers for 2-D convolutions: NHWC input and output, HWIO kernel.
 _NHWC_HWIO = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
                                       out_spec=(0, 3, 1, 2))
-FORMS = ("lax", "im2col", "shifted")
+FORMS = ("lax", "im2col", "shifted", "col2im")
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
@@ -86,26 +92,32 @@ class Plan:
 def choose_plan(k_shape: Sequence[int], strides: Sequence[int]) -> Plan:
   """The CPU plan for an HWIO kernel of `k_shape` applied with `strides`.
 
-  From `benchmarks/conv.py` on a 2-core AVX-512 Xeon, XLA:CPU 0.10.2 (whole forward +
-  backward compared per plan): a 1x1 convolution is a matmul in all three products (its
-  weight gradient 3-6x faster than lax's); the input gradient is faster as col2im
-  ("im2col" tangent) with few input channels (C < 32, ~1.3-2x) or a stride (lax's
-  convolves an interior-padded cotangent); everything else stays lax. The "im2col"
-  weight gradient of a KxK kernel pays for building P (XLA:CPU's concatenate is slow),
-  and the weight gradient of a KxK kernel is "shifted" (KH*KW matmuls T_ij^T @ dy; its
-  residual is xp alone, where "im2col" would keep KH*KW copies of x). Outside loops the
-  shifted weight gradient is on par with lax's (grad of a 3x3 64->64 conv on 128x32x32:
-  436 ms vs ~450-650 ms); inside a `lax.scan` or `fori_loop` body, where the flows' steps and
-  the attacks' PGD iterations run, XLA:CPU's own weight-gradient convolution is ~35x slower
-  (64x16x16, 3x3 64->64: 2,300 ms in a scan against 65 ms outside it) while the shifted form
-  is unchanged (62 ms), so a Glow train step ran at 1-3% of the matmul rate with lax's.
+  From `benchmarks/conv.py` and per-op profiles of the Glow train step on a 2-core AVX-512
+  Xeon, XLA:CPU 0.10.2. XLA:CPU runs forward convolutions through a fast library kernel
+  everywhere, but its own backward convolutions are slow inside a `lax.scan` or `fori_loop`
+  body, where the flows' steps and the attacks' PGD iterations run: there the weight gradient
+  is 10-40x and the input gradient 2-7x slower than the same products as matmuls (3x3
+  convolutions in a scan, batch 8: 64->64 on 32x32 weight gradient 1,135 ms vs 29 ms shifted,
+  input gradient 37 ms vs 15 ms im2col; 512->12 on 16x16, the Glow coupling net's output
+  layer, input gradient 70 ms vs 11 ms col2im), while outside loops they are on par. So on
+  CPU no gradient is a lax convolution:
+
+  * a 1x1 convolution is a matmul in all three products;
+  * KH*KW*O small (2 KH KW O <= C, e.g. the coupling net's 512 -> 12) and stride 1: every
+    product is "col2im", one matmul with KH*KW*O columns (weight gradient 11 ms vs 27 ms
+    shifted for 512->12 in a scan; forward 3.1 ms vs 5.3 ms lax);
+  * few input channels (C < 32, e.g. 6 -> 512): both gradients "im2col" (the patch matrix
+    is small; weight gradient 6.9 ms vs 14.8 ms shifted);
+  * otherwise the input gradient is "im2col" and the weight gradient "shifted" (KH*KW
+    matmuls; its residual is xp alone, where "im2col" would keep KH*KW copies of x), and the
+    forward stays lax.
   """
-  kh, kw = k_shape[:2]
+  kh, kw, c, o = k_shape
   if kh == kw == 1:
     return Plan("im2col", "im2col", "im2col")
-  few_in = k_shape[2] < 32
-  strided = any(s > 1 for s in strides)
-  return Plan("lax", "im2col" if few_in or strided else "lax", "shifted")
+  if 2 * kh * kw * o <= c and all(s == 1 for s in strides):
+    return Plan("col2im", "col2im", "col2im")
+  return Plan("lax", "im2col", "im2col" if c < 32 else "shifted")
 
 
 def _taps(x, k_shape, strides, pads):
@@ -122,6 +134,8 @@ def _taps(x, k_shape, strides, pads):
 
 def conv_form(form, x, k, strides, pads, precision=None, preferred_element_type=None):
   """y = conv(x, k), NHWC (N, H, W, C) * HWIO (KH, KW, C, O) -> (N, OH, OW, O), by `form`."""
+  if form == "col2im":
+    return _col2im(x, k, strides, pads, precision, preferred_element_type)
   if form == "lax":
     return lax.conv_general_dilated(x, k, strides, pads, dimension_numbers=_NHWC_HWIO,
                                     precision=precision,
@@ -133,6 +147,23 @@ def conv_form(form, x, k, strides, pads, precision=None, preferred_element_type=
     patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
     return dot(patches, k.reshape(-1, k.shape[3]))
   return sum(dot(t, kt) for t, kt in zip(taps, k.reshape(len(taps), *k.shape[2:])))
+
+
+def _col2im(x, k, strides, pads, precision, preferred_element_type):
+  """y = sum_ij S_ij(U[..., i, j, :]) with U = xp @ k (N, HP, WP, KH, KW, O), S_ij the
+  strided slice [i::sh, j::sw] of OH x OW."""
+  kh, kw = k.shape[:2]
+  sh, sw = strides
+  xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
+  n, hp, wp, _ = xp.shape
+  oh, ow = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+  u = lax.dot_general(xp, k, (((3,), (2,)), ((), ())), precision=precision,
+                      preferred_element_type=preferred_element_type)
+  o = u.shape[-1]
+  return sum(lax.slice(u, (0, i, j, i, j, 0),
+                       (n, i + (oh - 1) * sh + 1, j + (ow - 1) * sw + 1, i + 1, j + 1, o),
+                       (1, sh, sw, 1, 1, 1)).reshape(n, oh, ow, o)
+             for i in range(kh) for j in range(kw))
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5, 6))

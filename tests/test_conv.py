@@ -41,7 +41,8 @@ def _assert_close(got, want, **tol):
 # Every form in every role (primal, x-tangent, k-tangent), plus mixes.
 PLANS = [conv.Plan(f, f, f) for f in conv.FORMS] + [
     conv.Plan("lax", "im2col", "lax"), conv.Plan("im2col", "shifted", "lax"),
-    conv.Plan("shifted", "lax", "im2col")]
+    conv.Plan("shifted", "lax", "im2col"), conv.Plan("lax", "col2im", "shifted"),
+    conv.Plan("col2im", "im2col", "lax")]
 
 
 @pytest.mark.parametrize("plan", PLANS, ids=str)
@@ -57,14 +58,15 @@ def test_every_form_matches_lax(plan):
   _assert_close(jax.jvp(mine, (x, kernel), tangents), jax.jvp(ref, (x, kernel), tangents))
 
 
-@pytest.mark.parametrize("k,stride,padding,c", [
-    (1, 1, "SAME", 5), (1, 2, "SAME", 40), (1, 2, "VALID", 5),
-    (3, 1, "SAME", 5), (3, 1, "SAME", 40), (3, 2, "SAME", 5), (3, 2, "SAME", 40),
-    (3, 1, "VALID", 40), (3, 2, ((1, 0), (2, 1)), 5), (4, 2, ((1, 1), (1, 1)), 40),
-    (4, 1, "SAME", 5), (4, 2, "VALID", 40),
+@pytest.mark.parametrize("k,stride,padding,c,o", [
+    (1, 1, "SAME", 5, 4), (1, 2, "SAME", 40, 4), (1, 2, "VALID", 5, 4),
+    (3, 1, "SAME", 5, 4), (3, 1, "SAME", 40, 4), (3, 2, "SAME", 5, 4), (3, 2, "SAME", 40, 4),
+    (3, 1, "VALID", 40, 4), (3, 2, ((1, 0), (2, 1)), 5, 4), (4, 2, ((1, 1), (1, 1)), 40, 4),
+    (4, 1, "SAME", 5, 4), (4, 2, "VALID", 40, 4), (3, 1, "SAME", 40, 2),
+    (3, 1, ((2, 0), (0, 1)), 40, 2),
 ])
-def test_public_conv_matches_lax_under_jit(k, stride, padding, c):
-  x, kernel = _inputs(c=c, k=k)
+def test_public_conv_matches_lax_under_jit(k, stride, padding, c, o):
+  x, kernel = _inputs(c=c, o=o, k=k)
   args = dict(window_strides=(stride, stride), padding=padding, dimension_numbers=DN)
   mine = jax.jit(lambda a, b: _value_and_grads(
       functools.partial(conv.conv_general_dilated, **args), a, b))
@@ -114,11 +116,14 @@ def test_second_order_matches_lax():
 def test_choose_plan():
   assert conv.choose_plan((1, 1, 512, 512), (1, 1)) == conv.Plan(
       "im2col", "im2col", "im2col")
-  assert conv.choose_plan((3, 3, 6, 512), (1, 1)) == conv.Plan("lax", "im2col", "shifted")
+  assert conv.choose_plan((3, 3, 6, 512), (1, 1)) == conv.Plan("lax", "im2col", "im2col")
   assert conv.choose_plan((3, 3, 64, 64), (1, 1)) == conv.Plan(
-      "lax", "lax", "shifted")
+      "lax", "im2col", "shifted")
   assert conv.choose_plan((3, 3, 64, 128), (2, 2)) == conv.Plan(
       "lax", "im2col", "shifted")
+  assert conv.choose_plan((3, 3, 512, 12), (1, 1)) == conv.Plan(
+      "col2im", "col2im", "col2im")
+  assert conv.choose_plan((3, 3, 512, 12), (2, 2)).forward == "lax"
   with pytest.raises(ValueError, match="Plan.weight_grad"):
     conv.Plan("lax", "lax", "winograd")
 
