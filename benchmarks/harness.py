@@ -10,7 +10,8 @@ once, whatever its trip count, and the flows scan their steps and the attacks lo
 iterations, so it undercounts exactly the programs measured here (a 3x32 Glow by ~32x). The
 benchmarks therefore count the arithmetic from the jaxpr (`jaxpr_flops`): 2*M*N*K for every
 `dot_general` and 2*out*KH*KW*C_in/groups for every convolution, loop bodies multiplied by their
-trip counts. Element-wise work is not counted. XLA's number is kept beside it (`xla_flops`).
+trip counts; of the per-platform implementations of `lax.platform_dependent` the cheapest (the
+nominal arithmetic). Element-wise work is not counted. XLA's number is kept beside it (`xla_flops`).
 """
 import dataclasses
 import math
@@ -85,7 +86,7 @@ def measure(name: str, fn: Callable, *args, items: int, repeats: int = 3,
   return Measurement(name, best, compile_seconds, flops, items, xla_flops, note)
 
 
-def _eqn_flops(eqn) -> float:
+def _eqn_flops(eqn, platform_indices=frozenset()) -> float:
   name, params = eqn.primitive.name, eqn.params
   if name == "dot_general":
     (lhs_contract, _), _ = params["dimension_numbers"]
@@ -104,13 +105,19 @@ def _eqn_flops(eqn) -> float:
   if name == "while":
     return _jaxpr_flops(params["body_jaxpr"])  # trip count unknown: counted once, as XLA does
   if branches:
-    return max(_jaxpr_flops(b) for b in branches)
+    per_branch = [_jaxpr_flops(b) for b in branches]
+    return min(per_branch) if eqn.invars[0] in platform_indices else max(per_branch)
   return sum(_jaxpr_flops(j) for j in inner)
 
 
 def _jaxpr_flops(jaxpr) -> float:
   jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
-  return sum(_eqn_flops(eqn) for eqn in jaxpr.eqns)
+  # Conditionals on `platform_index` (`lax.platform_dependent`) pick one implementation of the
+  # same math per platform: count the cheapest, the nominal arithmetic (e.g. a convolution's
+  # 2*out*KH*KW*C_in, not the padded frame a CPU form computes).
+  platform_indices = {v for eqn in jaxpr.eqns if eqn.primitive.name == "platform_index"
+                      for v in eqn.outvars}
+  return sum(_eqn_flops(eqn, platform_indices) for eqn in jaxpr.eqns)
 
 
 def jaxpr_flops(fn: Callable, *args) -> float:
