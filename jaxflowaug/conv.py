@@ -25,17 +25,18 @@ position) the convolution is y = sum_ij T_ij @ k[i, j], which can be written as
 * ``"im2col"``: one matmul y = P @ k.reshape(KH*KW*C, O) with the patches
   P[n, a, b, (i*KW + j)*C + c] = T_ij[n, a, b, c];
 * ``"shifted"``: KH*KW matmuls y = sum_ij T_ij @ k[i, j], no patch matrix;
-* ``"col2im"``: one matmul U = xp @ k, contracting C, to (N, HP, WP, KH, KW, O), then
-  y = sum_ij S_ij(U[..., i, j, :]) with S_ij the strided slice [i::sh, j::sw] of OH x OW
-  (im2col gathers before the matmul, col2im after it; cheap when KH*KW*O is small).
+* ``"col2im"``: one matmul U = x @ k, contracting C, to (N, H, W, KH, KW, O), then
+  y = sum_ij S_ij(U[..., i, j, :]) with S_ij moving tap (i, j) into the output frame
+  (y_ij[n, a, b] = U[n, a*sh + i - ph_lo, b*sw + j - pw_lo, i, j], zero outside x): im2col
+  gathers before the matmul, col2im after it; cheap when KH*KW*O is small.
 
 All three are linear in x and in k, so JAX's transposes of them are the gradients:
 for the weight, "lax" gives lax's backward-filter convolution, "im2col" dk = P^T @ dy,
-"shifted" dk[i, j] = T_ij^T @ dy, and "col2im" dk = xp^T @ E with E the KH*KW copies of dy
-scattered by `lax.pad` (E_ij = S_ij^T dy: offset (i, j), interior padding stride - 1) into
-xp's frame; for the input, "lax" gives lax's backward-input convolution, "im2col" one matmul
+"shifted" dk[i, j] = T_ij^T @ dy, and "col2im" dk = x^T @ E with E the KH*KW copies
+E_ij = S_ij^T dy of the cotangent moved into x's frame (`lax.pad`, interior padding
+stride - 1); for the input, "lax" gives lax's backward-input convolution, "im2col" one matmul
 G = dy @ k.reshape(-1, O)^T whose KH*KW slices are scattered back by `lax.pad` and summed,
-"shifted" the same with KH*KW matmuls, and "col2im" dxp = E @ k^T, one matmul contracting
+"shifted" the same with KH*KW matmuls, and "col2im" dx = E @ k^T, one matmul contracting
 KH*KW*O.
 
 `planned_conv` is a `jax.custom_jvp` whose primal uses one form and whose tangent
@@ -150,20 +151,30 @@ def conv_form(form, x, k, strides, pads, precision=None, preferred_element_type=
 
 
 def _col2im(x, k, strides, pads, precision, preferred_element_type):
-  """y = sum_ij S_ij(U[..., i, j, :]) with U = xp @ k (N, HP, WP, KH, KW, O), S_ij the
-  strided slice [i::sh, j::sw] of OH x OW."""
+  """y = sum_ij S_ij(U[..., i, j, :]) with U = x @ k (N, H, W, KH, KW, O), contracting C.
+
+  S_ij moves tap (i, j) into the output frame: y_ij[n, a, b] = U[n, a*sh + i - ph_lo,
+  b*sw + j - pw_lo, i, j] (zero outside x), one `lax.pad` (negative where it crops) and a
+  strided slice. U is over the unpadded x, so no work is spent on padding and the residual
+  a weight gradient keeps is x itself.
+  """
   kh, kw = k.shape[:2]
-  sh, sw = strides
-  xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
-  n, hp, wp, _ = xp.shape
-  oh, ow = (hp - kh) // sh + 1, (wp - kw) // sw + 1
-  u = lax.dot_general(xp, k, (((3,), (2,)), ((), ())), precision=precision,
+  n, h, w, _ = x.shape
+  (ph, ph_hi), (pw, pw_hi) = pads
+  out_h = (h + ph + ph_hi - kh) // strides[0] + 1
+  out_w = (w + pw + pw_hi - kw) // strides[1] + 1
+  span_h, span_w = (out_h - 1) * strides[0] + 1, (out_w - 1) * strides[1] + 1
+  u = lax.dot_general(x, k, (((3,), (2,)), ((), ())), precision=precision,
                       preferred_element_type=preferred_element_type)
-  o = u.shape[-1]
-  return sum(lax.slice(u, (0, i, j, i, j, 0),
-                       (n, i + (oh - 1) * sh + 1, j + (ow - 1) * sw + 1, i + 1, j + 1, o),
-                       (1, sh, sw, 1, 1, 1)).reshape(n, oh, ow, o)
-             for i in range(kh) for j in range(kw))
+  zero = jnp.zeros((), u.dtype)
+  y = []
+  for i in range(kh):
+    for j in range(kw):
+      tap = u[:, :, :, i, j, :]
+      moved = lax.pad(tap, zero, ((0, 0, 0), (ph - i, span_h - h - ph + i, 0),
+                                  (pw - j, span_w - w - pw + j, 0), (0, 0, 0)))
+      y.append(lax.slice(moved, (0, 0, 0, 0), moved.shape, (1, *strides, 1)))
+  return sum(y[1:], y[0])
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5, 6))
