@@ -113,8 +113,7 @@ def _common() -> ml_collections.ConfigDict:
   c.perturb.labels = "pred"            # 'pred': the classifier's own predictions; 'true'
   c.perturb.bn_mode = "train"          # classifier BatchNorm mode during the attack
   c.perturb.fraction = 1.0             # fraction of each batch replaced by perturbed images
-  c.perturb.unroll = True              # unroll PGD's fori_loop (XLA:CPU runs convs in loops
-                                       # several times slower; see perturb.pgd)
+  c.perturb.unroll = False             # unroll PGD's fori_loop (speed only; see perturb.pgd)
   # Encode the training images once (z = F(x), deterministic) and skip the flow's forward pass
   # in every step. Exact without crop/flip/translate; with them, they are applied to the decoded
   # image instead of before the encoding (the cached z is the un-augmented image's).

@@ -75,7 +75,7 @@ def uniform_start(key: jax.Array, shape: Tuple[int, ...], eps, norm: str) -> jnp
 def pgd(loss_fn: Callable[[jnp.ndarray], jnp.ndarray], delta0: jnp.ndarray, *, eps,
         step_size, steps: int, norm: str,
         bounds: Optional[Tuple[jnp.ndarray, jnp.ndarray]] = None,
-        unroll: Union[int, bool] = True) -> jnp.ndarray:
+        unroll: Union[int, bool] = False) -> jnp.ndarray:
   """Projected gradient ascent on the scalar `loss_fn(delta)` within the ε-ball.
 
   For j = 1..steps, with g = ∇_δ loss_fn(δʲ⁻¹) (non-finite entries of g set to 0 so that
@@ -86,11 +86,11 @@ def pgd(loss_fn: Callable[[jnp.ndarray], jnp.ndarray], delta0: jnp.ndarray, *, e
   (-x, 1 - x) so that x + δ stays in [0, 1]; with lo ≤ 0 ≤ hi this never leaves the ball).
   The loss should be summed (not averaged) over the batch: then g_b is the gradient of
   example b's own loss, independent of the others when the loss is per-example.
-  Runs as one `jax.lax.fori_loop`, by default unrolled (`unroll=True`; an int unrolls that many
-  steps per iteration, False keeps a while loop): XLA:CPU runs the convolutions of a while-loop
-  body several times slower than the same ops in straight-line code (measured with JAX 0.10.2,
-  2 cores: 10 PGD steps through a small conv decoder took 8.8 s as a loop, 1.1 s unrolled; see
-  BENCHMARKS.md), and k is small, so unrolling costs little compile time.
+  Runs as one `jax.lax.fori_loop`, a while loop by default (`unroll=False`; True unrolls every
+  step into straight-line code, an int that many steps per iteration). Since `jaxflowaug.conv`
+  keeps XLA:CPU's slow in-loop backward convolutions out of every gradient, the loop is as fast
+  as the unrolled code (10 steps through the Fashion-MNIST VAE-GAN decoder: 0.93-1.01 s vs
+  0.97-1.05 s, see BENCHMARKS.md) and compiles faster; unrolling remains for other backends.
 
   Args:
     loss_fn: maps δ (shape of `delta0`) to a scalar to maximise.
@@ -129,7 +129,7 @@ def pgd(loss_fn: Callable[[jnp.ndarray], jnp.ndarray], delta0: jnp.ndarray, *, e
 
 def image_pgd(loss_fn: Callable[[jnp.ndarray], jnp.ndarray], x: jnp.ndarray, key: jax.Array,
               *, eps, step_size, steps: int, norm: str, random_start: bool = True,
-              unroll: Union[int, bool] = True) -> jnp.ndarray:
+              unroll: Union[int, bool] = False) -> jnp.ndarray:
   """Image-space PGD (Madry et al.): x_adv = x + δᵏ maximising `loss_fn(x + δ)`.
 
   δ⁰ = clip(uniform_start, -x, 1 - x) if `random_start` else 0; each step projects onto
@@ -164,7 +164,7 @@ def latent_attack(decode: Callable[[jnp.ndarray], jnp.ndarray],
                   loss_fn: Callable[[jnp.ndarray], jnp.ndarray], z: jnp.ndarray,
                   key: jax.Array, *, method: str, eps, norm: str, x_clean: jnp.ndarray,
                   step_size=None, steps: Optional[int] = None, random_start: bool = True,
-                  unroll: Union[int, bool] = True
+                  unroll: Union[int, bool] = False
                   ) -> Tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
   """Perturbs latents `z` and decodes them: R-LA or A-LA.
 

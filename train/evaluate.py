@@ -76,7 +76,7 @@ class Attack:
   density_percentile: float = 0.0
   density_mode: str = "reject"
   density_shrink_steps: int = 3
-  unroll: bool = True
+  unroll: bool = False
   labels: str = "true"
   bn_mode: str = "eval"
   fraction: float = 1.0
