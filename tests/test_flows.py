@@ -392,7 +392,8 @@ class FlowTest(chex.TestCase):
     lambda remat: flows.DenseFlow(num_blocks=2, hidden=16, num_classes=3, image_shape=(4, 4, 1),
                                   remat=remat)])
 def test_remat_gives_the_same_gradients(make):
-  plain, remat = make(False), make(True)
+  """Every remat policy: the same gradients, and the policy really changes the program."""
+  plain = make('none')
   x = jax.random.uniform(jax.random.PRNGKey(0), (4, 4, 4, 1 if plain.__class__.__name__ ==
                                                   'DenseFlow' else 3))
   y = jnp.arange(4) % 3 if isinstance(plain, flows.DenseFlow) else None
@@ -402,6 +403,12 @@ def test_remat_gives_the_same_gradients(make):
     return jnp.sum(flow.apply({**variables, 'params': params}, x, y, method=flow.log_prob))
 
   g_plain = jax.grad(loss)(variables['params'], plain)
-  g_remat = jax.grad(loss)(variables['params'], remat)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-               g_plain, g_remat)
+  for policy in ('dots', 'full'):
+    g_remat = jax.grad(loss)(variables['params'], make(policy))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 g_plain, g_remat)
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss), static_argnums=1)(variables['params'],
+                                                                  make(policy)))
+    assert 'remat' in jaxpr or 'checkpoint' in jaxpr, policy
+  with pytest.raises(ValueError, match='remat'):
+    make(True)

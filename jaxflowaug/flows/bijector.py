@@ -15,6 +15,7 @@ standard-normal prior N(0, I) on z. Subclasses implement `forward` and
 import math
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 
@@ -81,19 +82,39 @@ def check_int(name, value, minimum):
     raise ValueError(f'{name}={value!r}; it must be an integer >= {minimum}.')
 
 
-def scan_layers(body, layer, x, *args, length, reverse, in_axes, remat=False):
+# What the backward pass of a scanned step keeps from its forward pass (`scan_layers`' remat).
+REMAT = {
+    'none': None,                                    # every intermediate
+    'dots': jax.checkpoint_policies.dots_saveable,  # matmul/conv outputs; element-wise redone
+    'full': jax.checkpoint_policies.nothing_saveable,  # only the step's input; one more forward
+}
+
+
+def check_remat(remat):
+  """Raises ValueError unless `remat` is a key of `REMAT`."""
+  check_choice('remat', remat, tuple(REMAT))
+
+
+def scan_layers(body, layer, x, *args, length, reverse, in_axes, remat='dots'):
   """Applies `body(layer, x, *args) -> (x, logdet)` `length` times with jax.lax.scan.
 
   `layer`'s variables ('params' and 'consts') get a leading axis of size `length`, one slice
   per application, so compile time does not grow with depth. `in_axes` says, per entry of
   `args`, `flax.linen.broadcast` (the same every time) or 0 (scanned over its leading axis).
-  `reverse=True` runs the slices from last to first, as an inverse needs. `remat=True`
-  rematerialises each application in the backward pass (`nn.remat`): activation memory of one
-  step instead of `length`, for one more forward pass.
+  `reverse=True` runs the slices from last to first, as an inverse needs.
+
+  `remat` (a key of `REMAT`) chooses what the backward pass keeps of each application
+  (`nn.remat` with that policy); the gradients are the same. 'dots' keeps the matmul and
+  convolution outputs and recomputes the element-wise ops from them: on XLA:CPU the stacked
+  per-step residuals of a scan are zero-filled and copied in and out, so storing fewer of
+  them made the Glow 3x32x512 train step ~8-15% faster than 'none' (`benchmarks`), with less
+  memory. 'full' keeps only each step's input: activation memory of one step instead of
+  `length`, for one more forward pass.
   Returns (x, summed logdet (B,)).
   """
-  if remat:
-    body = nn.remat(body)
+  check_remat(remat)
+  if REMAT[remat] is not None:
+    body = nn.remat(body, policy=REMAT[remat])
   scanned = nn.scan(body, variable_axes={'params': 0, 'consts': 0},
                     split_rngs={'params': True}, in_axes=in_axes, length=length,
                     reverse=reverse)

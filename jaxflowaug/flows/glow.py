@@ -9,6 +9,7 @@ from jaxflowaug.flows.actnorm import ActNorm
 from jaxflowaug.flows.bijector import Bijector
 from jaxflowaug.flows.bijector import Flow
 from jaxflowaug.flows.bijector import check_choice
+from jaxflowaug.flows.bijector import check_remat
 from jaxflowaug.flows.bijector import check_int
 from jaxflowaug.flows.bijector import scan_layers
 from jaxflowaug.flows.bijector import standard_normal_log_prob
@@ -93,7 +94,9 @@ class Glow(Flow):
     logit_bound: preprocessing bound b in (0, 1) (authors: 0.9).
     authors_decode: if True, the inverse ends in sigmoid only (see `Preprocess`).
     class_embed_dim: class embedding size of each coupling net (num_classes > 0).
-    remat: rematerialise each step in the backward pass (less memory, one more forward).
+    remat: what the backward pass keeps of each step: 'dots' (matmul outputs; the
+      fastest on CPU), 'none' (everything) or 'full' (the step's input; least memory,
+      one more forward). See `scan_layers`.
 
   Raises:
     ValueError: for an invalid attribute (at construction) or input (at call).
@@ -108,7 +111,7 @@ class Glow(Flow):
   logit_bound: float = 0.9
   authors_decode: bool = False
   class_embed_dim: int = 16
-  remat: bool = False
+  remat: str = 'dots'
 
   def __post_init__(self):
     check_int('num_levels', self.num_levels, 1)
@@ -120,6 +123,7 @@ class Glow(Flow):
     check_choice('scale_fn', self.scale_fn, SCALE_FNS)
     check_choice('permutation', self.permutation, DECOMPOSITIONS)
     check_logit_bound(self.logit_bound)
+    check_remat(self.remat)
     super().__post_init__()
 
   def setup(self):
