@@ -43,7 +43,9 @@ def _common() -> ml_collections.ConfigDict:
   c.flow.model = "Glow"
   c.flow.arch = ml_collections.ConfigDict(dict(
       num_levels=3, num_steps=32, hidden_channels=512, coupling="affine", scale_fn="tanh",
-      permutation="plain", logit_bound=0.9, authors_decode=False))
+      permutation="plain", logit_bound=0.9, authors_decode=False,
+      remat="dots"))                   # speed/memory only, not in a checkpoint's identity:
+                                       # what backprop keeps per step (flows.bijector.REMAT)
   c.flow.conditional = False
   c.flow.checkpoint = ""               # workdir of a finished flow run; '' = this workdir's own
   c.flow.batch_size = 64
@@ -168,7 +170,7 @@ def fmnist() -> ml_collections.ConfigDict:
   c.data.train_size = 600
   c.flow.model = "DenseFlow"
   c.flow.arch = ml_collections.ConfigDict(dict(num_blocks=12, hidden=512, clamp=2.0,
-                                               noise_std=0.1))
+                                               noise_std=0.1, remat="none"))
   c.flow.conditional = True
   c.flow.epochs = 100.0
   c.flow.warmup_samples = 0

@@ -256,3 +256,15 @@ def test_read_only_workdir_is_refused(good, tmp_path):
   workdir.mkdir(mode=0o500)
   _refused(_config(cifar10_standard, good), workdir, ValueError,
            r"--workdir=.* is not writable; choose a writable directory")
+
+
+def test_speed_only_settings_are_not_part_of_an_identity(good):
+  """A flow trained with one remat policy, or a classifier with unrolled PGD, is the same run."""
+  config = _config(cifar10_pgd, good)
+  other = config.copy_and_resolve_references()
+  with other.unlocked():
+    other.flow.arch.remat = "full"
+    other.perturb.unroll = not config.perturb.unroll
+  assert flow_trainer.identity(other, (32, 32, 3), 10) == flow_trainer.identity(
+      config, (32, 32, 3), 10)
+  assert classifier_trainer.identity(other) == classifier_trainer.identity(config)

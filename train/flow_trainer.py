@@ -60,8 +60,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def identity(config: ml_collections.ConfigDict, image_shape, num_classes: int) -> dict:
-  """What fixes a flow: its architecture, the data it models. A checkpoint must match it."""
-  return {"model": config.flow.model, "arch": config.flow.arch.to_dict(),
+  """What fixes a flow: its architecture, the data it models. A checkpoint must match it.
+
+  `flow.arch.remat` changes only speed and memory, so it is left out."""
+  arch = {k: v for k, v in config.flow.arch.to_dict().items() if k != "remat"}
+  return {"model": config.flow.model, "arch": arch,
           "conditional": bool(config.flow.conditional), "image_shape": list(image_shape),
           "num_classes": int(num_classes if config.flow.conditional else 0)}
 
