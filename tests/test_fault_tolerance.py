@@ -23,7 +23,7 @@ import pytest
 from test_train import _npz
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FLOW_STEPS, FLOW_EVERY = 16, 4              # train[:256] / batch 32 x 2 epochs
+FLOW_STEPS, FLOW_EVERY = 32, 8              # train[:256] / batch 32 x 4 epochs
 CLASSIFIER_STEPS, CLASSIFIER_EVERY = 12, 2  # 64 of them / batch 16 x 3 epochs
 NAN_DECODE_STEP = 1                         # before the classifier's first checkpoint
 
@@ -63,7 +63,7 @@ class Runner:
         f"--config.data.source={source}", f"--config.data.data_dir={data_dir}",
         "--config.data.train_split=train[:256]", "--config.data.eval_split=test",
         "--config.data.train_size=64",
-        "--config.flow.batch_size=32", "--config.flow.epochs=2",
+        "--config.flow.batch_size=32", "--config.flow.epochs=4",
         f"--config.flow.log_every={FLOW_EVERY}", f"--config.flow.checkpoint_every={FLOW_EVERY}",
         "--config.classifier.batch_size=16", "--config.classifier.epochs=3",
         f"--config.classifier.log_every={CLASSIFIER_EVERY}",
@@ -134,8 +134,9 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(runs):
   assert f"last good checkpoint (step {FLOW_EVERY})" in out
   assert _steps(w, "flow") == ([FLOW_EVERY], [])
 
-  # 2. SIGKILL at a random flow step: the rerun resumed from the last good checkpoint.
-  delays.append(rng.uniform(0.0, 0.25))
+  # 2. SIGKILL at a random flow step: the rerun resumed from the last good checkpoint. A flow
+  # step of this tiny Glow takes ~10 ms: 0-0.1 s lands within the 16 steps left after it.
+  delays.append(rng.uniform(0.0, 0.1))
   rc, out = run(kill_when=flow_ckpt(2 * FLOW_EVERY), delay=delays[-1])
   assert rc == -signal.SIGKILL, out[-3000:]
   assert f"Resumed flow training from step {FLOW_EVERY}." in out
