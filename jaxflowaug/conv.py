@@ -42,9 +42,10 @@ KH*KW*O.
 `planned_conv` is a `jax.custom_jvp` whose primal uses one form and whose tangent
 dy = conv(dx, k) + conv(x, dk) uses a form per term (a `Plan`), so reverse mode
 gets the chosen gradient forms while forward mode (jvp, jacfwd), vmap, jit and
-higher-order derivatives keep working. Residuals: an "im2col"/"shifted" weight-tangent form
-keeps P (KH*KW times x) for the backward pass; `choose_plan` uses one only for 1x1
-kernels, where P is x itself (or its strided subsample).
+higher-order derivatives keep working. Residuals: an "im2col" weight-tangent form keeps P
+(KH*KW times x) for the backward pass, so `choose_plan` uses it only where P is small (1x1
+kernels, where P is x itself or its strided subsample, and inputs with few channels);
+"shifted" keeps the padded x, "col2im" x itself.
 
 Platform. `conv_general_dilated` stages `lax.platform_dependent(cpu=planned_conv with
 choose_plan(...), default=lax.conv_general_dilated)`: the choice follows the platform
