@@ -1,5 +1,4 @@
 """Speed benchmarks: `python -m benchmarks.run` (see BENCHMARKS.md)."""
-import os
-
-# As in `train/__init__.py`: keep OpenBLAS (XLA:CPU's LAPACK) off XLA's threads.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# Importing `train` applies its process settings (OpenBLAS, XLA:CPU's LAPACK, on one thread)
+# before any benchmark runs, as for every training entry point.
+import train  # noqa: F401

@@ -103,7 +103,7 @@ def scan_layers(body, layer, x, *args, length, reverse, in_axes, remat='dots'):
   `args`, `flax.linen.broadcast` (the same every time) or 0 (scanned over its leading axis).
   `reverse=True` runs the slices from last to first, as an inverse needs.
 
-  `remat` (a key of `REMAT`) chooses what the backward pass keeps of each application
+  `remat` (a key of `REMAT`, validated by the flows' `check_remat`) chooses what the backward pass keeps of each application
   (`nn.remat` with that policy); the gradients are the same. 'dots' keeps the matmul and
   convolution outputs and recomputes the element-wise ops from them: on XLA:CPU the stacked
   per-step residuals of a scan are zero-filled and copied in and out, so storing fewer of
@@ -112,7 +112,6 @@ def scan_layers(body, layer, x, *args, length, reverse, in_axes, remat='dots'):
   `length`, for one more forward pass.
   Returns (x, summed logdet (B,)).
   """
-  check_remat(remat)
   if REMAT[remat] is not None:
     body = nn.remat(body, policy=REMAT[remat])
   scanned = nn.scan(body, variable_axes={'params': 0, 'consts': 0},

@@ -9,8 +9,8 @@ from jaxflowaug.flows.actnorm import ActNorm
 from jaxflowaug.flows.bijector import Bijector
 from jaxflowaug.flows.bijector import Flow
 from jaxflowaug.flows.bijector import check_choice
-from jaxflowaug.flows.bijector import check_remat
 from jaxflowaug.flows.bijector import check_int
+from jaxflowaug.flows.bijector import check_remat
 from jaxflowaug.flows.bijector import scan_layers
 from jaxflowaug.flows.bijector import standard_normal_log_prob
 from jaxflowaug.flows.conv1x1 import DECOMPOSITIONS
