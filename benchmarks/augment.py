@@ -14,8 +14,8 @@ import numpy as np
 
 from benchmarks import harness
 from configs import cifar10_adv, fmnist_adv
-from jaxflowaug import perturb
-from train import classifier_trainer, flow_trainer, generator
+from train import attack, frozen, models
+from train.stages import classifier
 
 # (method, overrides of config.perturb) measured for every setup; A-LA keeps the config's own.
 # "A-LA cached": latent caching (`perturb.cache_latents`), the batch carries z = F(x).
@@ -48,31 +48,28 @@ def measure_setup(name, config, shape, batch_size, methods, repeats=2) -> list:
   rng = np.random.default_rng(0)
   batch = {"image": jnp.asarray(rng.integers(0, 256, (batch_size,) + shape, dtype=np.uint8)),
            "label": jnp.asarray(np.arange(batch_size) % 10, dtype=jnp.int32)}
-  flow = flow_trainer.create_flow(config, 10)
+  flow = models.create_flow(config, 10)
   flow_vars = jax.jit(lambda x: flow.init(jax.random.PRNGKey(0), x, batch["label"] if
                                           flow.num_classes else None, method=flow.forward))(
       batch["image"].astype(jnp.float32) / 255.0)
   latents = jax.jit(lambda v, b: flow.apply(
       v, b["image"].astype(jnp.float32) / 255.0, b["label"] if flow.num_classes else None,
       method=flow.forward)[0])(flow_vars, batch)
-  model = classifier_trainer.create_model(config, 10)
-  tx = classifier_trainer.create_optimizer(config.classifier, steps_per_epoch=100)
-  state = jax.jit(lambda k: classifier_trainer.create_train_state(model, k, shape, tx))(
+  model = models.create_classifier(config, 10)
+  tx = models.create_classifier_optimizer(config.classifier, steps_per_epoch=100)
+  state = jax.jit(lambda k: models.create_classifier_state(model, k, shape, tx))(
       jax.random.PRNGKey(1))
   rows = []
   for label, overrides in methods:
     cfg = config.copy_and_resolve_references()
     cfg.perturb.update(overrides)
-    if cfg.perturb.method != "none":
-      perturb.check_attack_args(cfg.perturb.eps, cfg.perturb.step_size, cfg.perturb.steps,
-                                cfg.perturb.norm)
-    frozen, frozen_vars = generator.latent_flow(flow, flow_vars)
-    step = functools.partial(classifier_trainer.train_step, model=model, frozen=frozen,
-                             config=cfg, num_classes=10)
+    frozen_models = frozen.Frozen(latent=frozen.Generator("flow", flow, flow_vars))
+    step = functools.partial(classifier.train_step, model=model, config=cfg,
+                             spec=attack.from_perturb(cfg.perturb), num_classes=10)
     k = f" k {cfg.perturb.steps}" if cfg.perturb.method in ("ala", "pgd") else ""
     inputs = dict(batch, latent=latents) if cfg.perturb.cache_latents else batch
     m = harness.measure(f"{name}: {label}{k}", step, state, inputs, jax.random.PRNGKey(2),
-                        frozen_vars, items=batch_size, repeats=repeats,
+                        frozen_models, items=batch_size, repeats=repeats,
                         carry=lambda out, args: (out[0],) + args[1:])
     rows.append(m)
   return rows

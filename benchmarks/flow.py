@@ -13,7 +13,8 @@ import numpy as np
 
 from benchmarks import harness
 from configs import cifar10_flow, fmnist_flow
-from train import flow_trainer
+from train import models
+from train.stages import flow as flow_stage
 
 
 def _batch(shape, batch, num_classes=10):
@@ -31,10 +32,10 @@ def flow_setups(accelerator: bool):
 
 
 def measure_flow(name, config, shape, batch_size, repeats=3) -> list:
-  flow = flow_trainer.create_flow(config, 10)
+  flow = models.create_flow(config, 10)
   batch = _batch(shape, batch_size)
-  tx = flow_trainer.create_optimizer(config.flow)
-  state = jax.jit(lambda b: flow_trainer.create_train_state(flow, jax.random.PRNGKey(0), b, tx))(
+  tx = flow_stage.create_optimizer(config.flow)
+  state = jax.jit(lambda b: flow_stage.create_train_state(flow, jax.random.PRNGKey(0), b, tx))(
       batch)
   variables = state.variables()
   y = batch["label"] if flow.num_classes else None
@@ -44,7 +45,7 @@ def measure_flow(name, config, shape, batch_size, repeats=3) -> list:
                         variables, x, items=batch_size, repeats=repeats)
   inv = harness.measure(f"{name} inverse", lambda v, z: flow.apply(v, z, y, method=flow.inverse),
                         variables, z, items=batch_size, repeats=repeats)
-  step = functools.partial(flow_trainer.train_step, flow=flow)
+  step = functools.partial(flow_stage.train_step, flow=flow)
   train = harness.measure(f"{name} train step", step, state, batch, jax.random.PRNGKey(1),
                           items=batch_size, repeats=repeats,
                           carry=lambda out, args: (out[0],) + args[1:])
@@ -57,13 +58,13 @@ def compile_vs_depth(depths=(4, 8, 16, 32), hidden=64) -> list:
   for k in depths:
     config = cifar10_flow.get_config()
     config.flow.arch.update(num_steps=k, hidden_channels=hidden)
-    flow = flow_trainer.create_flow(config, 10)
+    flow = models.create_flow(config, 10)
     batch = _batch((32, 32, 3), 8)
-    tx = flow_trainer.create_optimizer(config.flow)
-    state = jax.jit(lambda b: flow_trainer.create_train_state(
+    tx = flow_stage.create_optimizer(config.flow)
+    state = jax.jit(lambda b: flow_stage.create_train_state(
         flow, jax.random.PRNGKey(0), b, tx))(batch)
     m = harness.measure(f"Glow 3x{k}x{hidden} train step", functools.partial(
-        flow_trainer.train_step, flow=flow), state, batch, jax.random.PRNGKey(1), items=8,
+        flow_stage.train_step, flow=flow), state, batch, jax.random.PRNGKey(1), items=8,
                         repeats=1, carry=lambda out, args: (out[0],) + args[1:])
     rows.append({"depth": k, "compile_s": m.compile_seconds, "step_s": m.seconds})
   return rows

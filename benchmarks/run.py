@@ -21,7 +21,8 @@ import numpy as np
 
 from benchmarks import augment, flow, harness
 from configs import cifar10_standard, fmnist_standard
-from train import classifier_trainer
+from train import frozen, models
+from train.stages import classifier
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECTIONS = ("flow", "classifier", "augment", "depth", "data", "conv")
@@ -45,14 +46,14 @@ def classifier_steps(accelerator: bool) -> list:
     rng = np.random.default_rng(0)
     batch = {"image": jnp.asarray(rng.integers(0, 256, (batch_size,) + shape, np.uint8)),
              "label": jnp.asarray(np.arange(batch_size) % 10, jnp.int32)}
-    model = classifier_trainer.create_model(config, 10)
-    tx = classifier_trainer.create_optimizer(config.classifier, steps_per_epoch=100)
-    state = jax.jit(lambda k: classifier_trainer.create_train_state(model, k, shape, tx))(
+    model = models.create_classifier(config, 10)
+    tx = models.create_classifier_optimizer(config.classifier, steps_per_epoch=100)
+    state = jax.jit(lambda k: models.create_classifier_state(model, k, shape, tx))(
         jax.random.PRNGKey(0))
-    step = functools.partial(classifier_trainer.train_step, model=model, frozen=None,
-                             config=config, num_classes=10)
+    step = functools.partial(classifier.train_step, model=model, config=config, spec=None,
+                             num_classes=10)
     rows.append(harness.measure(f"{name}, batch {batch_size}", step, state, batch,
-                                jax.random.PRNGKey(1), None, items=batch_size, repeats=2,
+                                jax.random.PRNGKey(1), frozen.Frozen(), items=batch_size, repeats=2,
                                 carry=lambda out, args: (out[0],) + args[1:]))
   return rows
 

@@ -18,8 +18,6 @@ def _common() -> ml_collections.ConfigDict:
   # evaluates the classifier (it runs the flow stage first when it needs a flow and
   # flow.checkpoint is empty).
   c.stages = ("classifier",)
-  c.debug_kill_during_save_step = -1  # tests only: SIGKILL the run while the checkpoint of
-                                     # this step is written but not yet committed
 
   c.distributed = ml_collections.ConfigDict()
   c.distributed.coordinator_address = config_dict.placeholder(str)  # None: auto-detect
@@ -61,7 +59,6 @@ def _common() -> ml_collections.ConfigDict:
   c.flow.recon_examples = 64
   c.flow.num_samples = 64
   c.flow.sample_temperature = 0.7
-  c.flow.debug_nan_step = -1           # tests only: poison the loss at this step
 
   # The VAE-GAN of the exact-vs-approximate ablation (train/vaegan_trainer.py; stage 'vaegan').
   c.vaegan = ml_collections.ConfigDict()
@@ -127,7 +124,6 @@ def _common() -> ml_collections.ConfigDict:
   c.perturb.density_percentile = 0.0
   c.perturb.density_mode = "reject"    # 'reject' | 'shrink'
   c.perturb.density_shrink_steps = 3
-  c.perturb.debug_nan_decode_step = -1  # tests only: NaN in one decoded image at this step
 
   # The 'evaluate' stage (train/evaluate.py; also `python -m train.evaluate`): the classifier of
   # this workdir on data.eval_split, clean and under attack (Tables 4-6, Figs. 3-4).
@@ -199,6 +195,34 @@ def fmnist() -> ml_collections.ConfigDict:
   return c
 
 
+# Per-model overrides of the reduced variants: a new model adds a row here, not a branch.
+# `:smoke` (seconds on a CPU, for tests): the architecture's fields.
+SMOKE_ARCH = {
+    "Glow": dict(num_levels=2, num_steps=2, hidden_channels=8),
+    "DenseFlow": dict(num_blocks=2, hidden=16),
+    "ResNet18": dict(width=4),
+    "SmallCNN": dict(),
+}
+# `:cpu` (a 2-core CPU in minutes to hours): the flow's architecture and training, and the
+# classifier's architecture and epochs (the lr drops at the same fractions of training).
+CPU_FLOW = {
+    "Glow": dict(arch=dict(num_levels=3, num_steps=4, hidden_channels=64), epochs=5.0,
+                 warmup_samples=50_000),
+    "DenseFlow": dict(arch=dict(), epochs=3.0),
+}
+CPU_CLASSIFIER = {
+    "ResNet18": dict(arch=dict(width=16), epochs=60.0, eval_every_epochs=5.0),
+    "SmallCNN": dict(arch=dict()),
+}
+
+
+def _row(table: dict, model: str, variant: str) -> dict:
+  if model not in table:
+    raise ValueError(f"The {variant!r} variant has no overrides for model {model!r}; add a row "
+                     f"for it in configs/base.py.")
+  return table[model]
+
+
 def finish(c: ml_collections.ConfigDict, arg=None) -> ml_collections.ConfigDict:
   """Applies the variant named by `arg`: None (full scale), 'cpu' (reduced models and epochs
   that finish on a 2-core CPU in minutes to hours) or 'smoke' (seconds, for tests)."""
@@ -214,48 +238,30 @@ def finish(c: ml_collections.ConfigDict, arg=None) -> ml_collections.ConfigDict:
     c.data.train_split, c.data.holdout = "train[:256]", 64
   c.data.train_size = 64
   c.data.train_fraction = 0.0
-  if c.flow.model == "Glow":
-    c.flow.arch.update(num_levels=2, num_steps=2, hidden_channels=8)
-  else:
-    c.flow.arch.update(num_blocks=2, hidden=16)
-  c.flow.batch_size = 32
-  c.flow.epochs = 1.0
-  c.flow.warmup_samples = 64
-  c.flow.init_batch_size = 32
-  c.flow.log_every = 4
-  c.flow.checkpoint_every = 4
-  c.flow.eval_examples = 32
-  c.flow.recon_examples = 8
-  c.flow.num_samples = 4
+  c.flow.arch.update(_row(SMOKE_ARCH, c.flow.model, "smoke"))
+  c.flow.update(batch_size=32, epochs=1.0, warmup_samples=64, init_batch_size=32, log_every=4,
+                checkpoint_every=4, eval_examples=32, recon_examples=8, num_samples=4)
   c.vaegan.update(latent_dim=4, width=4, batch_size=20, epochs=1.0, log_every=4,
                   checkpoint_every=4, recon_examples=8, num_samples=10)
-  if c.classifier.model == "ResNet18":
-    c.classifier.arch.width = 4
-  c.classifier.batch_size = 16
-  c.classifier.epochs = 1.0
-  c.classifier.eval_batch_size = 32
-  c.classifier.log_every = 2
-  c.classifier.checkpoint_every = 2
-  c.classifier.eval_every_epochs = 1.0
+  c.classifier.arch.update(_row(SMOKE_ARCH, c.classifier.model, "smoke"))
+  c.classifier.update(batch_size=16, epochs=1.0, eval_batch_size=32, log_every=2,
+                      checkpoint_every=2, eval_every_epochs=1.0)
   return c
 
 
 def _cpu(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Reduced scale for a 2-core CPU: Glow 3x4x64, ResNet-18 at width 16, 5 flow epochs (3 for
-  the dense flow) and 60 classifier epochs (lr drops at the same fractions of training)."""
-  if c.flow.model == "Glow":
-    c.flow.arch.update(num_levels=3, num_steps=4, hidden_channels=64)
-    c.flow.epochs = 5.0
-    c.flow.warmup_samples = 50_000
-  else:
-    c.flow.epochs = 3.0
+  """Reduced scale for a 2-core CPU (`CPU_FLOW`, `CPU_CLASSIFIER`): e.g. Glow 3x4x64 for 5
+  epochs, ResNet-18 at width 16 for 60 epochs; the VAE-GAN for at most 5 epochs."""
+  flow = dict(_row(CPU_FLOW, c.flow.model, "cpu"))
+  c.flow.arch.update(flow.pop("arch"))
+  c.flow.update(flow)
   c.vaegan.epochs = min(c.vaegan.epochs, 5.0)
-  if c.classifier.model == "ResNet18":
-    c.classifier.arch.width = 16
-    scale = 60.0 / c.classifier.epochs
+  clf = dict(_row(CPU_CLASSIFIER, c.classifier.model, "cpu"))
+  c.classifier.arch.update(clf.pop("arch"))
+  if "epochs" in clf:
+    scale = clf["epochs"] / c.classifier.epochs
     c.classifier.lr_boundaries = tuple(int(e * scale) for e in c.classifier.lr_boundaries)
-    c.classifier.epochs = 60.0
-    c.classifier.eval_every_epochs = 5.0
+  c.classifier.update(clf)
   return c
 
 

@@ -13,14 +13,18 @@ B_ε = {δ : ‖δ_b‖ ≤ ε for every b} in the chosen norm ("linf" or "l2").
 All functions are pure and jittable. `eps`, `step_size` and `fraction` may be Python floats
 or traced scalars; `steps`, `norm` and `method` are static Python values.
 """
+import dataclasses
 from typing import Callable, Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 NORMS = ('linf', 'l2')
 METHODS = ('rla', 'ala')
+ATTACKS = ('rla', 'ala', 'pgd')  # `Attack.method`: the latent attacks and image-space PGD
+LABELS = ('pred', 'true')
 # Floor for norms used as divisors, so that projecting or normalising a zero vector gives 0.
 _TINY = 1e-12
 
@@ -275,32 +279,132 @@ def density_filter(log_prob: Callable[[jnp.ndarray], jnp.ndarray],
   return out, scale > 0, scale
 
 
-def check_attack_args(eps, step_size, steps, norm) -> None:
-  """Validates attack settings at start-up; the messages name the `perturb.*` config fields.
+def _number(value, name: str, minimum: float, strict: bool) -> None:
+  ok = (not isinstance(value, bool) and isinstance(value, (int, float, np.floating))
+        and np.isfinite(value) and (value > minimum if strict else value >= minimum))
+  if not ok:
+    raise ValueError(f'{name}={value!r} must be a finite number {">" if strict else ">="} '
+                     f'{minimum:g}.')
 
-  Raises:
-    ValueError: if eps < 0, step_size <= 0, steps is not an int >= 1, or norm is unknown.
+
+@dataclasses.dataclass(frozen=True)
+class Attack:
+  """One perturbation of a batch, as `perturb_batch` applies it (hashable: a static argument).
+
+  method: 'rla' | 'ala' (in a latent code) | 'pgd' (image space); norm, eps: the ball;
+  step_size, steps, random_start, unroll: PGD (A-LA and image PGD); labels: the attack's target,
+  'pred' (the classifier's own argmax on the clean batch, which avoids label leaking) or 'true';
+  fraction: the share of each batch replaced by perturbed images (`mix`); density_*: the
+  density filter (`density_filter`; percentile 0 = off; the threshold is the caller's).
+  `check()` validates the values; messages name the field as `{where}{field}`.
   """
-  if not np.isfinite(eps) or eps < 0:
-    raise ValueError(f'perturb.eps must be a finite number >= 0; got {eps!r}.')
-  if not np.isfinite(step_size) or step_size <= 0:
-    raise ValueError(f'perturb.step_size must be a finite number > 0; got {step_size!r}.')
-  _check_steps(steps, 'perturb.steps')
-  _check_norm(norm, 'perturb.norm')
+  method: str
+  norm: str
+  eps: float
+  step_size: float = 0.0
+  steps: int = 1
+  random_start: bool = True
+  labels: str = 'pred'
+  fraction: float = 1.0
+  unroll: Union[int, bool] = False
+  density_percentile: float = 0.0
+  density_mode: str = 'reject'
+  density_shrink_steps: int = 3
+
+  @property
+  def latent(self) -> bool:
+    """Whether the attack perturbs a latent code (R-LA, A-LA) rather than the image."""
+    return self.method in METHODS
+
+  def static(self) -> 'Attack':
+    """The attack with eps and step_size zeroed: attacks differing only in those (passed
+    traced, see `with_sizes`) share one compilation."""
+    return dataclasses.replace(self, eps=0.0, step_size=0.0)
+
+  def with_sizes(self, eps, step_size) -> 'Attack':
+    return dataclasses.replace(self, eps=eps, step_size=step_size)
+
+  def check(self, where: str = '') -> 'Attack':
+    """Returns the attack if its values are valid; else raises ValueError naming the field."""
+    if self.method not in ATTACKS:
+      raise ValueError(f'{where}method={self.method!r} is unknown; use one of {ATTACKS}.')
+    if self.norm not in NORMS:
+      raise ValueError(f'{where}norm={self.norm!r} is unknown; use one of {NORMS}.')
+    _number(self.eps, f'{where}eps', 0.0, strict=False)
+    if self.method != 'rla':
+      _number(self.step_size, f'{where}step_size', 0.0, strict=True)
+      _check_steps(self.steps, f'{where}steps')
+    if self.labels not in LABELS:
+      raise ValueError(f'{where}labels={self.labels!r}: use one of {LABELS}.')
+    if not isinstance(self.fraction, (int, float)) or not 0.0 <= self.fraction <= 1.0:
+      raise ValueError(f'{where}fraction={self.fraction!r} must be in [0, 1].')
+    percentile = self.density_percentile
+    if (isinstance(percentile, bool) or not isinstance(percentile, (int, float))
+        or not 0 <= percentile < 100):
+      raise ValueError(f'{where}density_percentile={percentile!r} must be in [0, 100) '
+                       '(0 = no density filter).')
+    if self.density_mode not in DENSITY_MODES:
+      raise ValueError(f'{where}density_mode={self.density_mode!r}: use one of '
+                       f'{DENSITY_MODES}.')
+    shrink = self.density_shrink_steps
+    if isinstance(shrink, bool) or not isinstance(shrink, int) or shrink < 0:
+      raise ValueError(f'{where}density_shrink_steps={shrink!r} must be an int >= 0.')
+    return self
 
 
-def check_density_args(percentile, mode, shrink_steps, prefix: str = 'perturb.') -> None:
-  """Validates density-filter settings at start-up; messages name `<prefix>density_*`.
+def perturb_batch(key: jax.Array, x: jnp.ndarray, y: jnp.ndarray, attack: Attack,
+                  logits: Callable[[jnp.ndarray], jnp.ndarray], *,
+                  encode: Optional[Callable[[jnp.ndarray], jnp.ndarray]] = None,
+                  decode: Optional[Callable[[jnp.ndarray], jnp.ndarray]] = None,
+                  log_prob: Optional[Callable[[jnp.ndarray], jnp.ndarray]] = None,
+                  z: Optional[jnp.ndarray] = None, threshold=0.0
+                  ) -> Tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+  """Perturbs a batch of images as `attack` says, model-agnostic.
 
-  Raises:
-    ValueError: if percentile is not a number in [0, 100), mode is unknown, or shrink_steps is
-      not an int >= 0.
+  With t the target (y, or argmax logits(x) for labels 'pred') and
+  L(x') = Σ_b CE(logits(x')_b, t_b):
+    pgd:      x̃ = image_pgd(L, x)
+    rla, ala: x̃ = latent_attack(decode, L, z) with z = encode(x) (or the given `z`)
+  then, with a density filter, x̃ = density_filter(log_prob, x̃(s), x, threshold) where x̃(s)
+  scales the perturbation by s (x + s (x̃ - x) in image space, decode(z + s δ) in the latent);
+  finally each example is x̃_b with probability `attack.fraction`, else x_b (`mix`).
+
+  Args:
+    key: PRNG key (split into the attack's and the mix's).
+    x: clean images (B, H, W, C) in [0, 1]; y: int labels (B,).
+    attack: the settings (static).
+    logits: images (B, H, W, C) -> logits (B, K), differentiable (the attacked classifier).
+    encode, decode: the latent code, x -> z and z -> x (latent attacks; `encode` may be
+      omitted when `z` is given).
+    log_prob: images -> log-density (B,) (density filter only); threshold: τ.
+
+  Returns:
+    (x̃ (B, H, W, C) in [0, 1] without gradient, the int32 count of non-finite decodes that
+    fell back to clean images, kept (B,) bool: which perturbed images the filter kept).
   """
-  if (isinstance(percentile, bool) or not isinstance(percentile, (int, float))
-      or not 0 <= percentile < 100):
-    raise ValueError(f'{prefix}density_percentile={percentile!r} must be in [0, 100) '
-                     '(0 = no density filter).')
-  if mode not in DENSITY_MODES:
-    raise ValueError(f'{prefix}density_mode={mode!r}: use one of {DENSITY_MODES}.')
-  if isinstance(shrink_steps, bool) or not isinstance(shrink_steps, int) or shrink_steps < 0:
-    raise ValueError(f'{prefix}density_shrink_steps={shrink_steps!r} must be an int >= 0.')
+  attack_key, mix_key = jax.random.split(key)
+  target = y if attack.labels == 'true' else jnp.argmax(logits(x), -1)
+  target = jax.lax.stop_gradient(target)
+
+  def loss_fn(images):
+    return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits(images), target))
+
+  if attack.method == 'pgd':
+    x_t = image_pgd(loss_fn, x, attack_key, eps=attack.eps, step_size=attack.step_size,
+                    steps=attack.steps, norm=attack.norm, random_start=attack.random_start,
+                    unroll=attack.unroll)
+    nonfinite = jnp.zeros((), jnp.int32)
+    propose = lambda t: x + t * (x_t - x)
+  else:
+    z = jax.lax.stop_gradient(encode(x) if z is None else z)
+    x_t, nonfinite, delta = latent_attack(
+        decode, loss_fn, z, attack_key, x_clean=x, method=attack.method, eps=attack.eps,
+        step_size=attack.step_size, steps=attack.steps, norm=attack.norm,
+        random_start=attack.random_start, unroll=attack.unroll)
+    propose = lambda t: jnp.clip(decode(z + t * delta), 0.0, 1.0)
+  kept = jnp.ones((x.shape[0],), bool)
+  if attack.density_percentile > 0:
+    x_t, kept, _ = density_filter(log_prob, propose, x, threshold, mode=attack.density_mode,
+                                  shrink_steps=attack.density_shrink_steps, x_full=x_t)
+  x_t = jax.lax.stop_gradient(x_t)
+  return mix(mix_key, x, x_t, attack.fraction), nonfinite, kept

@@ -21,7 +21,8 @@ def main(argv):
 
   from configs import cifar10_adv
   from jaxflowaug import parallel
-  from train import classifier_trainer, flow_trainer, generator
+  from train import attack, frozen, models
+  from train.stages import classifier
 
   config = cifar10_adv.get_config("smoke")
   config.classifier.model = "_ResNetTiny"
@@ -34,18 +35,18 @@ def main(argv):
   rows = slice(jax.process_index() * share, (jax.process_index() + 1) * share)
   batch = parallel.global_batch({"image": images[rows], "label": labels[rows]}, mesh)
 
-  flow = flow_trainer.create_flow(config, 10)
+  flow = models.create_flow(config, 10)
   flow_vars = jax.jit(lambda x: flow.init(jax.random.PRNGKey(1), x, method=flow.forward),
                       out_shardings=parallel.replicated(mesh))(jnp.asarray(images) / 255.0)
-  model = classifier_trainer.create_model(config, 10)
-  tx = classifier_trainer.create_optimizer(config.classifier, steps_per_epoch=4)
-  state = jax.jit(lambda k: classifier_trainer.create_train_state(model, k, (32, 32, 3), tx),
+  model = models.create_classifier(config, 10)
+  tx = models.create_classifier_optimizer(config.classifier, steps_per_epoch=4)
+  state = jax.jit(lambda k: models.create_classifier_state(model, k, (32, 32, 3), tx),
                   out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(2))
-  frozen, frozen_vars = generator.latent_flow(flow, flow_vars)
-  step = jax.jit(functools.partial(classifier_trainer.train_step, model=model, frozen=frozen,
-                                   config=config, num_classes=10),
+  frozen_models = frozen.Frozen(latent=frozen.Generator("flow", flow, flow_vars))
+  step = jax.jit(functools.partial(classifier.train_step, model=model, config=config,
+                                   spec=attack.from_perturb(config.perturb), num_classes=10),
                  out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)))
-  state, metrics = step(state, batch, jax.random.PRNGKey(3), frozen_vars)
+  state, metrics = step(state, batch, jax.random.PRNGKey(3), frozen_models)
   losses = [float(parallel.to_host(metrics["loss"]))]
   leaves = [np.asarray(parallel.to_host(x)).ravel() for x in jax.tree.leaves(state.params)]
   print(json.dumps({"devices": jax.device_count(), "losses": losses,

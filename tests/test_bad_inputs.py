@@ -1,6 +1,6 @@
 """The catalogue of user mistakes: each one costs one clear message and writes nothing.
 
-Every case runs `experiment.run` as `python -m train.main` would, asserts the exception's type
+Every case runs `train.main.run` as `python -m train.main` would, asserts the exception's type
 and message (the config field or flag to change), and that the work directory holds nothing
 new afterwards: no checkpoints, no results. The README's troubleshooting table lists them.
 """
@@ -15,7 +15,8 @@ from PIL import Image
 from configs import cifar10_adv, cifar10_flow, cifar10_pgd, cifar10_standard
 from jaxflowaug import parallel
 from test_train import _npz
-from train import checkpoint, classifier_trainer, experiment, flow_trainer, input_pipeline
+from train import checkpoint, input_pipeline, main, models
+from train.stages import flow as flow_stage
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def _refused(config, workdir, error, match):
   workdir = str(workdir)
   before = _tree(workdir)
   with pytest.raises(error, match=match) as raised:
-    experiment.run(config, workdir)
+    main.run(config, workdir)
   assert _tree(workdir) == before, "a refused run must leave nothing behind"
   return str(raised.value)
 
@@ -61,16 +62,16 @@ def _save_flow(workdir, config, poison=False):
   """A flow 'workdir' whose checkpoint holds a freshly initialised Glow for `config`'s data
   (its decode is exact), or with `poison` one whose parameters are all NaN."""
   datasets = input_pipeline.load(config)
-  flow = flow_trainer.create_flow(config, datasets.num_classes)
-  state = jax.jit(lambda key, batch: flow_trainer.create_train_state(
-      flow, key, batch, flow_trainer.create_optimizer(config.flow)))(
+  flow = models.create_flow(config, datasets.num_classes)
+  state = jax.jit(lambda key, batch: flow_stage.create_train_state(
+      flow, key, batch, flow_stage.create_optimizer(config.flow)))(
           jax.random.PRNGKey(0),
           input_pipeline.first_rows(datasets.flow_train, 32, parallel.make_mesh()))
   if poison:
     state = state.replace(params=jax.tree.map(lambda p: p * np.nan, state.params))
   ckpt = checkpoint.Checkpointer(
       os.path.join(workdir, "flow", "checkpoints"),
-      flow_trainer.identity(config, datasets.image_shape, datasets.num_classes))
+      models.flow_identity(config, datasets.image_shape, datasets.num_classes))
   ckpt.save(1, state)
   ckpt.close()
   return str(workdir)
@@ -233,7 +234,7 @@ def test_workdir_of_another_experiment_is_refused(good, tmp_path):
   workdir = tmp_path / "work"
   theirs = _config(cifar10_standard, good)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "classifier", "checkpoints"),
-                                 classifier_trainer.identity(theirs))
+                                 models.classifier_identity(theirs))
   ckpt.save(2, {"w": np.zeros(2)}, {"curves": [], "nonfinite_decodes": 0})
   ckpt.close()
   message = _refused(_config(cifar10_pgd, good), workdir, ValueError,
@@ -247,7 +248,7 @@ def test_workdir_that_cannot_be_created_is_refused(good, tmp_path):
   (tmp_path / "file").write_text("")
   with pytest.raises(ValueError, match=r"--workdir=.*file/work cannot be created \(Not a "
                                        r"directory\); choose a writable directory"):
-    experiment.run(_config(cifar10_standard, good), str(tmp_path / "file" / "work"))
+    main.run(_config(cifar10_standard, good), str(tmp_path / "file" / "work"))
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write into any directory")
@@ -265,6 +266,6 @@ def test_speed_only_settings_are_not_part_of_an_identity(good):
   with other.unlocked():
     other.flow.arch.remat = "full"
     other.perturb.unroll = not config.perturb.unroll
-  assert flow_trainer.identity(other, (32, 32, 3), 10) == flow_trainer.identity(
+  assert models.flow_identity(other, (32, 32, 3), 10) == models.flow_identity(
       config, (32, 32, 3), 10)
-  assert classifier_trainer.identity(other) == classifier_trainer.identity(config)
+  assert models.classifier_identity(other) == models.classifier_identity(config)

@@ -10,8 +10,11 @@ import optax
 import pytest
 
 from configs import cifar10_standard
-from jaxflowaug import metrics, models, parallel
-from train import checkpoint, classifier_trainer, evaluate, experiment, flow_trainer, input_pipeline
+from jaxflowaug import data, fid, metrics, models, parallel, perturb
+from train import attack, checkpoint, frozen, input_pipeline, main
+from train import models as run_models
+from train.stages import evaluate
+from train.stages import flow as flow_stage
 
 # 8x8 RGB images, a one-step Glow and SmallCNN (8 -> 4 -> 2 -> 1): compiles in seconds.
 SHAPE = (8, 8, 3)
@@ -50,15 +53,15 @@ def flow_dir(tiny, tmp_path_factory):
   """A workdir holding an initialised (untrained) smoke Glow checkpoint: its decode is exact."""
   config = _config(tiny, ())
   datasets = input_pipeline.load(config)
-  flow = flow_trainer.create_flow(config, datasets.num_classes)
+  flow = run_models.create_flow(config, datasets.num_classes)
   mesh = parallel.make_mesh()
-  state = jax.jit(lambda key, batch: flow_trainer.create_train_state(
-      flow, key, batch, flow_trainer.create_optimizer(config.flow)))(
+  state = jax.jit(lambda key, batch: flow_stage.create_train_state(
+      flow, key, batch, flow_stage.create_optimizer(config.flow)))(
           jax.random.PRNGKey(0), input_pipeline.first_rows(datasets.flow_train, 32, mesh))
   workdir = str(tmp_path_factory.mktemp("flow"))
   ckpt = checkpoint.Checkpointer(
       os.path.join(workdir, "flow", "checkpoints"),
-      flow_trainer.identity(config, datasets.image_shape, datasets.num_classes))
+      run_models.flow_identity(config, datasets.image_shape, datasets.num_classes))
   ckpt.save(1, state)
   ckpt.close()
   return workdir
@@ -81,7 +84,7 @@ def evaluated(tiny, flow_dir, tmp_path_factory):
   config.stages = ("classifier", "evaluate")
   config.flow.checkpoint = flow_dir
   workdir = str(tmp_path_factory.mktemp("run"))
-  out = experiment.run(config, workdir)
+  out = main.run(config, workdir)
   return config, workdir, out
 
 
@@ -113,7 +116,7 @@ def test_evaluate_stage_writes_results_and_figures(evaluated):
     with open(out[key], "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   assert merged["clean_accuracy"] == out["clean_accuracy"]  # merged into the run's results
-  assert experiment.run(config, workdir)["attacks"] == merged["attacks"]  # rerun skips
+  assert main.run(config, workdir)["attacks"] == merged["attacks"]  # rerun skips
 
 
 def test_zero_eps_attacks_keep_clean_accuracy(evaluated):
@@ -125,11 +128,15 @@ def test_zero_eps_attacks_keep_clean_accuracy(evaluated):
   assert out["attacks"]["ala_zero"]["linf"] < 1e-4  # F^-1(F(x)) = x to float32 round-off
 
 
+def _evaluate(config, workdir):
+  return evaluate.run(config, workdir, input_pipeline.load(config), parallel.make_mesh())
+
+
 def test_latent_attack_without_a_flow_names_flow_checkpoint(evaluated, tmp_path):
   config = evaluated[0]
   config = _config((config.data.source, config.data.data_dir), ATTACKS[:1])
-  with pytest.raises(ValueError, match="flow.checkpoint"):
-    evaluate.run_stage(config, str(tmp_path))
+  with pytest.raises(FileNotFoundError, match="flow.checkpoint"):
+    _evaluate(config, str(tmp_path))
 
 
 def test_classifier_checkpoint_of_another_config_is_refused(evaluated, tmp_path):
@@ -138,12 +145,12 @@ def test_classifier_checkpoint_of_another_config_is_refused(evaluated, tmp_path)
   config.classifier.learning_rate = 0.5
   shutil.copytree(os.path.join(workdir, "classifier"), tmp_path / "classifier")
   with pytest.raises(ValueError, match="different experiment"):
-    evaluate.run_stage(config, str(tmp_path))
+    _evaluate(config, str(tmp_path))
 
 
 def _small_cnn_state(channels=3):
   model = models.SmallCNN(num_classes=4, mean=(0.0,) * channels, std=(1.0,) * channels)
-  state = jax.jit(lambda key: classifier_trainer.create_train_state(
+  state = jax.jit(lambda key: run_models.create_classifier_state(
       model, key, SHAPE[:2] + (channels,), optax.sgd(0.1)))(jax.random.PRNGKey(0))
   return model, state
 
@@ -157,16 +164,20 @@ def test_table5_norms_match_hand_computed_values():
   split = input_pipeline.Split(rng.integers(64, 192, (12,) + SHAPE).astype(np.uint8),
                                np.arange(12, dtype=np.int32) % 4)
   mesh = parallel.make_mesh()
-  step_fn = jax.jit(lambda *a, attack: evaluate.attack_step(*a, model=model, flow=None,
-                                                            attack=attack),
-                    static_argnames="attack")
-  l2 = evaluate.Attack("pgd", "l2", eps=0.1, step_size=0.1, steps=1, random_start=False)
-  out = evaluate.run_attack(step_fn, state, split, l2, jax.random.PRNGKey(0), 0.0, None, 8, mesh)
+  step_fn = jax.jit(lambda *a, spec: evaluate.attack_step(*a, model=model, spec=spec),
+                    static_argnames="spec")
+  none = frozen.Frozen()
+
+  def pgd(norm, eps):
+    spec = attack.Spec(perturb.Attack("pgd", norm, eps=eps, step_size=eps, steps=1,
+                                      random_start=False, labels="true"))
+    return evaluate.run_attack(step_fn, state, split, spec, jax.random.PRNGKey(0), none, 8, mesh)
+
+  out = pgd("l2", 0.1)
   assert out["l2"].shape == (12,) and out["perturbed"].shape == (12,) + SHAPE
   np.testing.assert_allclose(out["l2"], 0.1, rtol=1e-4)
   assert np.all(out["linf"] <= 0.1 + 1e-6)
-  linf = evaluate.Attack("pgd", "linf", eps=0.05, step_size=0.05, steps=1, random_start=False)
-  out = evaluate.run_attack(step_fn, state, split, linf, jax.random.PRNGKey(0), 0.0, None, 8, mesh)
+  out = pgd("linf", 0.05)
   np.testing.assert_allclose(out["linf"], 0.05, rtol=1e-4)
   summary = evaluate.summarize_attack(0.5, out)
   np.testing.assert_allclose(summary["linf"], 0.05, rtol=1e-4)
@@ -187,8 +198,7 @@ def test_penultimate_features_feed_the_last_layer(name, kwargs, dim):
   model = models.get(name, num_classes=4, **kwargs)
   x = jax.random.uniform(jax.random.PRNGKey(2), (6,) + SHAPE)
   variables = jax.jit(lambda key: model.init(key, x, train=False))(jax.random.PRNGKey(0))
-  feats = jax.jit(functools.partial(evaluate.penultimate_features, model))(
-      variables["params"], variables["batch_stats"], x)
+  feats = jax.jit(functools.partial(fid.penultimate_features, model))(variables, x)
   assert feats.shape == (6, dim) and feats.dtype == jnp.float32
   last = sorted(k for k in variables["params"] if k.startswith("Dense"))[-1]
   dense = variables["params"][last]
@@ -206,8 +216,9 @@ def test_feature_extractor_classifier_path():
   assert (kind, suffix) == ("classifier", "_classifier_features")
   images = np.random.default_rng(3).integers(0, 256, (11,) + SHAPE).astype(np.uint8)
   feats = extract(images)
-  direct = evaluate.penultimate_features(model, state.params, state.batch_stats,
-                                         input_pipeline.to_float(jnp.asarray(images)))
+  direct = fid.penultimate_features(model, {"params": state.params,
+                                             "batch_stats": state.batch_stats},
+                                     data.to_float(jnp.asarray(images)))
   np.testing.assert_allclose(feats, direct, rtol=1e-5, atol=1e-6)
   scores = evaluate.distribution_distance(feats, feats, config.evaluation, suffix)
   assert abs(scores["fid_classifier_features"]) < 1e-6
@@ -215,11 +226,11 @@ def test_feature_extractor_classifier_path():
                          "kid_classifier_features_std"}
 
 
-@pytest.mark.skipif(not evaluate.inception_available(),
+@pytest.mark.skipif(not fid.inception_available(),
                     reason="optional: pip install -r requirements-fid.txt")
 def test_inception_features():
   images = np.random.default_rng(4).integers(0, 256, (3, 8, 8, 1)).astype(np.uint8)
-  feats = evaluate.InceptionFeatures(batch_size=2)(images)
+  feats = fid.InceptionFeatures(batch_size=2)(images)
   assert feats.shape == (3, 2048) and np.all(np.isfinite(feats))
 
 

@@ -1,6 +1,7 @@
 """A run that is killed, or whose numbers go bad, loses no work and changes no result.
 
-`python -m train.main` runs in subprocesses on a tiny synthetic dataset: one uninterrupted run of
+`python -m train.main` runs in subprocesses (through tests/fault_entry.py, which injects the
+faults) on a tiny synthetic dataset: one uninterrupted run of
 an A-LA experiment (flow stage, then the classifier stage through that flow), and the same
 experiment in a second workdir stopped five times on its way: by a NaN in flow training, by
 SIGKILL at a random step of each stage and by SIGKILL during a checkpoint save of each stage.
@@ -23,6 +24,7 @@ import pytest
 from test_train import _npz
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENTRY = os.path.join(ROOT, "tests", "fault_entry.py")
 FLOW_STEPS, FLOW_EVERY = 32, 8              # train[:256] / batch 32 x 4 epochs
 CLASSIFIER_STEPS, CLASSIFIER_EVERY = 12, 2  # 64 of them / batch 16 x 3 epochs
 NAN_DECODE_STEP = 1                         # before the classifier's first checkpoint
@@ -68,7 +70,7 @@ class Runner:
         "--config.classifier.batch_size=16", "--config.classifier.epochs=3",
         f"--config.classifier.log_every={CLASSIFIER_EVERY}",
         f"--config.classifier.checkpoint_every={CLASSIFIER_EVERY}",
-        f"--config.perturb.debug_nan_decode_step={NAN_DECODE_STEP}"]
+        f"--fault=nan_decode:{NAN_DECODE_STEP}"]
     self.env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1",
                     JAX_COMPILATION_CACHE_DIR=cache_dir,
                     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
@@ -80,7 +82,7 @@ class Runner:
     self.runs += 1
     log = f"{self.workdir}.run{self.runs}.log"
     with open(log, "w") as out:
-      proc = subprocess.Popen([sys.executable, "-m", "train.main", *self.args, *overrides],
+      proc = subprocess.Popen([sys.executable, ENTRY, *self.args, *overrides],
                               cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT)
       deadline = time.monotonic() + timeout
       try:
@@ -129,8 +131,8 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(runs):
   delays = []
 
   # 1. A NaN in flow training stops the run, naming the step; the checkpoint before it stays.
-  rc, out = run(f"--config.flow.debug_nan_step={FLOW_EVERY + 2}")
-  assert rc != 0 and f"non-finite loss at step {FLOW_EVERY + 2}" in out, out[-3000:]
+  rc, out = run(f"--fault=flow_nan:{FLOW_EVERY + 2}")  # the 11th step
+  assert rc != 0 and f"non-finite loss at step {FLOW_EVERY + 3}" in out, out[-3000:]
   assert f"last good checkpoint (step {FLOW_EVERY})" in out
   assert _steps(w, "flow") == ([FLOW_EVERY], [])
 
@@ -143,7 +145,7 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(runs):
   assert _read(w, "flow") is None and FLOW_STEPS not in _steps(w, "flow")[0], delays
 
   # 3. SIGKILL during the save of the flow's last checkpoint: written, never committed.
-  rc, out = run(f"--config.debug_kill_during_save_step={FLOW_STEPS}")
+  rc, out = run(f"--fault=kill_during_save:{FLOW_STEPS}")
   assert rc == -signal.SIGKILL, out[-3000:]
   committed, tmp = _steps(w, "flow")
   assert FLOW_STEPS not in committed and tmp == [f"{FLOW_STEPS}.orbax-checkpoint-tmp"]
@@ -156,7 +158,7 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(runs):
   assert _read(w, "flow") is not None and _read(w, "classifier") is None, delays
 
   # 5. SIGKILL during the save of the classifier's last checkpoint.
-  rc, out = run(f"--config.debug_kill_during_save_step={CLASSIFIER_STEPS}")
+  rc, out = run(f"--fault=kill_during_save:{CLASSIFIER_STEPS}")
   assert rc == -signal.SIGKILL, out[-3000:]
   assert "flow stage already finished" in out and "Resumed classifier training" in out
   committed, tmp = _steps(w, "classifier")

@@ -268,14 +268,16 @@ def test_mix_fractions():
 
 @pytest.mark.parametrize('field,value', [
     ('eps', -0.1), ('eps', float('nan')), ('step_size', 0.0), ('step_size', -1.0),
-    ('steps', 0), ('steps', 2.5), ('norm', 'l1'),
+    ('steps', 0), ('steps', 2.5), ('norm', 'l1'), ('method', 'fgsm'), ('labels', 'gold'),
+    ('fraction', 1.5), ('density_percentile', 100), ('density_mode', 'clip'),
+    ('density_shrink_steps', -1),
 ])
-def test_check_attack_args_names_the_bad_field(field, value):
-  args = dict(eps=0.5, step_size=0.1, steps=3, norm='l2')
-  perturb.check_attack_args(**args)
+def test_attack_check_names_the_bad_field(field, value):
+  args = dict(method='ala', norm='l2', eps=0.5, step_size=0.1, steps=3)
+  perturb.Attack(**args).check('perturb.')
   args[field] = value
-  with pytest.raises(ValueError, match=f'perturb.{field} '):
-    perturb.check_attack_args(**args)
+  with pytest.raises(ValueError, match=rf'perturb\.{field}[= ]'):
+    perturb.Attack(**args).check('perturb.')
 
 
 def test_latent_attack_validates_method_and_ala_settings():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import base
-from train import experiment, sweep
+from train import main, sweep
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +37,8 @@ def test_expand_applies_overrides_and_resolves_run_paths(source, tmp_path):
     sweep.expand(bad, str(tmp_path))
 
 
-def test_sweep_skips_finished_runs_and_resumes_after_a_kill(source, tmp_path, monkeypatch):
-  real_run, calls = experiment.run, []
+def test_sweep_skips_finished_runs_and_resumes_after_a_kill(source, tmp_path):
+  real_run, calls = main.run, []
 
   def killed_on_third(config, workdir):
     calls.append(os.path.basename(workdir))
@@ -46,15 +46,13 @@ def test_sweep_skips_finished_runs_and_resumes_after_a_kill(source, tmp_path, mo
       raise KeyboardInterrupt  # the process dies in the middle of the sweep
     return real_run(config, workdir)
 
-  monkeypatch.setattr(experiment, "run", killed_on_third)
   with pytest.raises(KeyboardInterrupt):
-    sweep.run(_config(source), str(tmp_path))
+    sweep.run(_config(source), str(tmp_path), killed_on_third)
   assert calls == ["flow", "standard_s0", "standard_s1"]
 
   calls.clear()
-  monkeypatch.setattr(experiment, "run", lambda c, w: (calls.append(os.path.basename(w)),
-                                                       real_run(c, w))[1])
-  out = sweep.run(_config(source), str(tmp_path))
+  out = sweep.run(_config(source), str(tmp_path),
+                  lambda c, w: (calls.append(os.path.basename(w)), real_run(c, w))[1])
   assert calls == ["standard_s1", "rla_s0"]  # finished runs were skipped
   groups = {g["group"]: g for g in out["summary"]}
   assert groups["standard"]["n"] == 2 and groups["rla"]["n"] == 1
@@ -71,10 +69,10 @@ def test_sweep_skips_finished_runs_and_resumes_after_a_kill(source, tmp_path, mo
 def test_every_sweep_config_expands_to_valid_runs(module, variant, tmp_path):
   import importlib
 
-  from train import classifier_trainer
+  from train.stages import classifier
   config = importlib.import_module(f"configs.{module}").get_config(variant)
   runs = sweep.expand(config, str(tmp_path))
   assert runs
   for _, child in runs:
     if "classifier" in child.stages:
-      classifier_trainer.validate(child)
+      classifier.validate(child)

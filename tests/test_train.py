@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from configs import cifar10_adv, cifar10_flow, fmnist_adv
-from train import (checkpoint, classifier_trainer, experiment, flow_trainer, generator,
-                   input_pipeline)
+from jaxflowaug import data, parallel
+from train import attack, checkpoint, frozen, input_pipeline, main, models
+from train.stages import classifier
 
 
 def _npz(path, shape, num_train, num_test, num_classes=10, seed=0):
@@ -46,11 +47,17 @@ def _config(module, source):
   return config
 
 
+def _frozen_flow(workdir, config, datasets):
+  config = config.copy_and_resolve_references()
+  config.flow.checkpoint = workdir
+  return frozen.load_flow(config, workdir, datasets, parallel.make_mesh())
+
+
 @pytest.fixture(scope="module")
 def flow_run(cifar_like, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("flow_run"))
   config = _config(cifar10_flow, cifar_like)
-  return config, workdir, experiment.run(config, workdir)
+  return config, workdir, main.run(config, workdir)
 
 
 def test_flow_stage_writes_results_and_samples(flow_run):
@@ -68,26 +75,26 @@ def test_flow_stage_writes_results_and_samples(flow_run):
 def test_flow_checkpoint_reloads_exactly_without_actnorm_reinit(flow_run, cifar_like):
   config, workdir, _ = flow_run
   datasets = input_pipeline.load(config)
-  flow, variables = flow_trainer.load_frozen(workdir, config, datasets.image_shape,
-                                             datasets.num_classes)
+  gen = _frozen_flow(workdir, config, datasets)
+  flow, variables = gen.module, gen.variables
   # Re-initialising on other data would give other ActNorm parameters; the reloaded ones must
   # be the trained ones: the same reconstruction and bits/dim as the stage reported.
-  x = input_pipeline.to_float(jnp.asarray(datasets.eval.images[:8]))
+  x = data.to_float(jnp.asarray(datasets.eval.images[:8]))
   z, logdet = flow.apply(variables, x, method=flow.forward)
-  np.testing.assert_allclose(flow.apply(variables, z, method=flow.inverse), x, atol=1e-4)
+  np.testing.assert_allclose(flow.apply(variables, z, method=flow.decode), x, atol=1e-4)
   fresh = flow.init(jax.random.PRNGKey(1), x[::-1] * 0.5, method=flow.forward)
   _, fresh_logdet = flow.apply(fresh, x, method=flow.forward)
   assert not np.allclose(logdet, fresh_logdet)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "flow", "checkpoints"),
-                                 flow_trainer.identity(config, datasets.image_shape,
-                                                       datasets.num_classes))
+                                 models.flow_identity(config, datasets.image_shape,
+                                                      datasets.num_classes))
   state, _ = ckpt.restore_raw(ckpt.latest_step())
   jax.tree.map(np.testing.assert_array_equal, state["params"], variables["params"])
 
 
 def test_rerun_skips_finished_stage(flow_run):
   config, workdir, out = flow_run
-  again = experiment.run(config, workdir)
+  again = main.run(config, workdir)
   assert again["val_bits_per_dim"] == out["val_bits_per_dim"]
 
 
@@ -95,7 +102,7 @@ def test_classifier_ala_uses_flow_checkpoint(flow_run, cifar_like, tmp_path):
   _, flow_dir, _ = flow_run
   config = _config(cifar10_adv, cifar_like)
   config.flow.checkpoint = flow_dir
-  out = experiment.run(config, str(tmp_path))
+  out = main.run(config, str(tmp_path))
   for key in ("test_accuracy", "train_accuracy", "device_count", "steps"):
     assert key in out
   assert 0.0 <= out["test_accuracy"] <= 1.0
@@ -105,36 +112,34 @@ def test_classifier_ala_uses_flow_checkpoint(flow_run, cifar_like, tmp_path):
 
 def test_conditional_dense_flow_then_ala_classifier(mnist_like, tmp_path):
   config = _config(fmnist_adv, mnist_like)
-  out = experiment.run(config, str(tmp_path))
+  out = main.run(config, str(tmp_path))
   assert out["stages"]["flow"]["max_reconstruction_error"] < 1e-4
   assert 0.0 <= out["test_accuracy"] <= 1.0
 
 
 def test_cached_latents_give_the_same_train_step(flow_run, cifar_like, tmp_path):
-  from jaxflowaug import parallel
   _, flow_dir, _ = flow_run
   config = _config(cifar10_adv, cifar_like)
   config.classifier.augment.crop_flip = False  # exact only without pre-encoding augmentation
   datasets = input_pipeline.load(config)
-  flow, flow_vars = flow_trainer.load_frozen(flow_dir, config, datasets.image_shape,
-                                             datasets.num_classes)
+  gen = _frozen_flow(flow_dir, config, datasets)
   mesh = parallel.make_mesh()
   split = datasets.train.take(np.arange(16))
-  frozen, frozen_vars = generator.latent_flow(flow, flow_vars)
-  latents = generator.encode(frozen.latent, flow_vars, split, 16, mesh)
-  z, _ = flow.apply(flow_vars, input_pipeline.to_float(jnp.asarray(split.images)),
-                    method=flow.forward)
+  latents = frozen.encode_split(gen, split, 16, mesh)
+  z, _ = gen.module.apply(gen.variables, data.to_float(jnp.asarray(split.images)),
+                          method=gen.module.forward)
   np.testing.assert_allclose(latents, z, atol=1e-5)
-  model = classifier_trainer.create_model(config, datasets.num_classes)
-  tx = classifier_trainer.create_optimizer(config.classifier, 4)
-  state = classifier_trainer.create_train_state(model, jax.random.PRNGKey(0),
-                                                datasets.image_shape, tx)
-  step = jax.jit(lambda s, b: classifier_trainer.train_step(
-      s, b, jax.random.PRNGKey(1), frozen_vars, model=model, frozen=frozen, config=config,
+  model = models.create_classifier(config, datasets.num_classes)
+  tx = models.create_classifier_optimizer(config.classifier, 4)
+  state = models.create_classifier_state(model, jax.random.PRNGKey(0), datasets.image_shape, tx)
+  spec = attack.from_perturb(config.perturb)
+  step = jax.jit(lambda s, b, f: classifier.train_step(
+      s, b, jax.random.PRNGKey(1), f, model=model, config=config, spec=spec,
       num_classes=datasets.num_classes))
+  frozen_models = frozen.Frozen(latent=gen)
   batch = {"image": jnp.asarray(split.images), "label": jnp.asarray(split.labels)}
-  plain, m_plain = step(state, batch)
-  cached, m_cached = step(state, dict(batch, latent=jnp.asarray(latents)))
+  plain, m_plain = step(state, batch, frozen_models)
+  cached, m_cached = step(state, dict(batch, latent=jnp.asarray(latents)), frozen_models)
   np.testing.assert_allclose(m_cached["loss"], m_plain["loss"], rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                cached.params, plain.params)
@@ -145,22 +150,22 @@ def test_classifier_with_cached_latents_and_crop_flip_runs(flow_run, cifar_like,
   config = _config(cifar10_adv, cifar_like)
   config.flow.checkpoint = flow_dir
   config.perturb.cache_latents = True
-  out = experiment.run(config, str(tmp_path))
+  out = main.run(config, str(tmp_path))
   assert 0.0 <= out["test_accuracy"] <= 1.0 and out["steps"] == 64 // 16
 
 
-def _manual_augment(state, batch, key, frozen, frozen_vars, model, config):
+def _manual_augment(state, batch, key, frozen_models, model, config):
   """The classifier step's augmentation written out by hand: crop+flip, latent perturbation,
   cutout, mixup, each with the key `augment_batch` documents, each only when configured."""
   from jaxflowaug import augment
   aug = config.classifier.augment
   k_img, k_pert, k_cut, k_mix = jax.random.split(key, 4)
-  x, y = input_pipeline.to_float(batch["image"]), batch["label"]
+  x, y = data.to_float(batch["image"]), batch["label"]
   if aug.crop_flip:
     x = augment.random_crop_flip(k_img, x, pad=aug.crop_pad, flip=aug.flip)
   if config.perturb.method != "none":
-    x = classifier_trainer.perturb_batch(state, x, y, k_pert, frozen_vars, model=model,
-                                         frozen=frozen, cfg=config.perturb)[0]
+    x = frozen.perturb_batch(state, x, y, k_pert, frozen_models, model=model,
+                             spec=attack.from_perturb(config.perturb))[0]
   if aug.cutout:
     x = augment.cutout(k_cut, x, size=aug.cutout)
   labels = y
@@ -180,19 +185,20 @@ def test_combined_augmentation_applies_each_part_as_configured(crop_flip, cutout
   rng = np.random.default_rng(0)
   batch = {"image": jnp.asarray(rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)),
            "label": jnp.asarray(np.arange(8) % 10, jnp.int32)}
-  x = input_pipeline.to_float(batch["image"])
-  flow = flow_trainer.create_flow(config, 10)
-  frozen, frozen_vars = generator.latent_flow(
-      flow, flow.init(jax.random.PRNGKey(1), x, method=flow.forward))
-  model = classifier_trainer.create_model(config, 10)
-  state = classifier_trainer.create_train_state(
-      model, jax.random.PRNGKey(0), (32, 32, 3), classifier_trainer.create_optimizer(
+  x = data.to_float(batch["image"])
+  flow = models.create_flow(config, 10)
+  frozen_models = frozen.Frozen(latent=frozen.Generator(
+      "flow", flow, flow.init(jax.random.PRNGKey(1), x, method=flow.forward)))
+  model = models.create_classifier(config, 10)
+  state = models.create_classifier_state(
+      model, jax.random.PRNGKey(0), (32, 32, 3), models.create_classifier_optimizer(
           config.classifier, 4))
   key = jax.random.PRNGKey(5)
-  got, labels, counts = jax.jit(lambda s, b: classifier_trainer.augment_batch(
-      s, b, key, frozen_vars, model=model, frozen=frozen, config=config, num_classes=10))(
-          state, batch)
-  want, want_labels = _manual_augment(state, batch, key, frozen, frozen_vars, model, config)
+  spec = attack.from_perturb(config.perturb)
+  got, labels, counts = jax.jit(lambda s, b, f: classifier.augment_batch(
+      s, b, key, f, model=model, config=config, spec=spec, num_classes=10))(
+          state, batch, frozen_models)
+  want, want_labels = _manual_augment(state, batch, key, frozen_models, model, config)
   np.testing.assert_allclose(got, want, atol=1e-5)
   np.testing.assert_allclose(labels, want_labels, atol=1e-6)
   if not (crop_flip or cutout or mixup or method != "none"):
@@ -213,7 +219,7 @@ def test_density_filtered_ala_trains_and_reports_the_kept_fraction(mnist_like, t
                            fid_examples=32, kid_subset_size=8, kid_subsets=2, attacks=(
       ("rla", dict(method="rla", norm="linf", eps=0.5)),
       ("rla_p50", dict(method="rla", norm="linf", eps=0.5, density_percentile=50.0))))
-  out = experiment.run(config, str(tmp_path))
+  out = main.run(config, str(tmp_path))
   kept = out["stages"]["classifier"]["density_kept_fraction"]
   assert 0.0 <= kept <= 1.0
   attacks = out["stages"]["evaluate"]["attacks"]
@@ -226,11 +232,11 @@ def test_vaegan_stage_then_ala_in_its_latent(mnist_like, tmp_path):
   config = _config(fmnist_adv, mnist_like)
   config.stages = ("vaegan", "classifier")
   config.perturb.update(generator="vaegan", steps=2)
-  out = experiment.run(config, str(tmp_path))
+  out = main.run(config, str(tmp_path))
   assert 0.0 < out["stages"]["vaegan"]["val_reconstruction_mse"] < 1.0
   assert "flow" not in out["stages"]  # the VAE-GAN replaces the flow
   assert 0.0 <= out["test_accuracy"] <= 1.0
   assert os.path.exists(os.path.join(str(tmp_path), "vaegan", "samples.png"))
   config.vaegan.checkpoint, config.vaegan.width = str(tmp_path), 8
   with pytest.raises(ValueError, match=r"vaegan\.checkpoint=.* was trained for another vaegan"):
-    experiment.run(config, str(tmp_path / "other"))
+    main.run(config, str(tmp_path / "other"))

@@ -11,10 +11,8 @@ Saves run in the background (training goes on meanwhile) and are atomic: orbax w
 save resumes from the previous checkpoint; the next run's manager deletes the leftover
 temporary directory. `close()` waits for a save in flight.
 """
-import collections
 import json
 import os
-import signal
 from typing import Any, Callable, Mapping, Optional
 
 import jax
@@ -43,34 +41,26 @@ def _identity_diff(saved: Any, current: Any) -> str:
                    for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k))
 
 
+def manager_options(max_to_keep: int, read_only: bool) -> ocp.CheckpointManagerOptions:
+  """The options of every stage's `ocp.CheckpointManager` (tests wrap this to inject faults)."""
+  return ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, read_only=read_only,
+                                      create=not read_only, cleanup_tmp_directories=not read_only)
+
+
 class Checkpointer:
   """Saves and restores one stage's train state with `ocp.CheckpointManager`.
 
   `read_only` opens another stage's checkpoints without touching them (a save in flight there
-  keeps its temporary directory). `kill_during_save_step` (tests only) SIGKILLs the process once
-  the checkpoint of that step is written but before orbax commits it, the worst moment for a
-  preemption to strike.
+  keeps its temporary directory).
   """
 
   def __init__(self, directory: str, identity: Mapping[str, Any], *, max_to_keep: int = 2,
-               read_only: bool = False, kill_during_save_step: int = -1):
+               read_only: bool = False):
     self.directory = os.path.abspath(directory)
     self.identity = _canonical(identity)
-    self._unfinalized = None  # with the test hook: steps saved, not yet finalized (in order)
-    kill = None
-    if kill_during_save_step >= 0:
-      self._unfinalized = collections.deque()
-
-      def kill():  # orbax calls this after writing a save, before renaming it into place
-        if self._unfinalized.popleft() == kill_during_save_step:
-          os.kill(os.getpid(), signal.SIGKILL)
-    self._manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, read_only=read_only, create=not read_only,
-            cleanup_tmp_directories=not read_only,
-            async_options=ocp.AsyncOptions(post_finalization_callback=kill)),
-        item_names=("state", "meta"))
+    self._manager = ocp.CheckpointManager(self.directory,
+                                          options=manager_options(max_to_keep, read_only),
+                                          item_names=("state", "meta"))
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
@@ -78,8 +68,6 @@ class Checkpointer:
   def save(self, step: int, state: Any, meta: Optional[Mapping[str, Any]] = None) -> None:
     """Starts saving `state` and `meta` as checkpoint `step`; returns before it is written."""
     record = dict(meta or {}, step=int(step), identity=self.identity)
-    if self._unfinalized is not None:
-      self._unfinalized.append(int(step))
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(record)))
 

@@ -20,6 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from jaxflowaug import data, parallel
 
@@ -132,14 +133,34 @@ def eval_batches(split: Split, global_batch_size: int, mesh) -> Iterator[dict]:
                                  "mask": mask}, mesh)
 
 
-def sum_over(step_fn: Callable[[dict, int], dict], split: Split, global_batch_size: int,
-             mesh) -> dict:
-  """Totals over the whole split of `step_fn(batch, index)`, a dict of per-batch sums."""
+def mean_over(step_fn: Callable[[dict, int], dict], split: Split, global_batch_size: int,
+              mesh) -> dict:
+  """Means over the whole split of per-example quantities: `step_fn(batch, index)` returns
+  their sums over the batch's unmasked rows and 'count', the number of those rows; the result
+  is {key: total / total count} for every other key."""
   totals = {}
   for i, batch in enumerate(eval_batches(split, global_batch_size, mesh)):
     for k, v in parallel.to_host(step_fn(batch, i)).items():
       totals[k] = totals.get(k, 0.0) + float(v)
-  return totals
+  count = max(totals.pop("count"), 1.0)
+  return {k: v / count for k, v in totals.items()}
+
+
+def map_batches(fn, split: Split, batch_size: int, mesh) -> dict:
+  """`fn(index, global batch)` -> dict of per-example (B, ...) arrays, over the whole split in
+  order, gathered from every process, concatenated and trimmed to len(split) (numpy)."""
+  parts = [multihost_utils.process_allgather(fn(i, batch), tiled=True)
+           for i, batch in enumerate(eval_batches(split, batch_size, mesh))]
+  return {k: np.concatenate([p[k] for p in parts])[:len(split)] for k in parts[0]}
+
+
+def seeded_subset(split: Split, count: int, seed: int) -> Split:
+  """`count` examples of the split drawn with `seed` (in split order); all of it if count is 0
+  or at least its size. Class-sorted splits are not read from the front, so the subset covers
+  every class."""
+  if not count or count >= len(split):
+    return split
+  return split.take(data.subset_indices(split.labels, count, seed=seed))
 
 
 def first_rows(split: Split, count: int, mesh) -> dict:
@@ -148,8 +169,3 @@ def first_rows(split: Split, count: int, mesh) -> dict:
   per_process = count // jax.process_count()
   rows = np.arange(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
   return parallel.global_batch({"image": split.images[rows], "label": split.labels[rows]}, mesh)
-
-
-def to_float(images: jax.Array) -> jax.Array:
-  """uint8 pixels -> float32 in [0, 1]."""
-  return images.astype(np.float32) / 255.0

@@ -1,23 +1,76 @@
 """Runs an experiment: `python -m train.main --config=configs/X.py[:smoke] --workdir=DIR`.
 
-A config with a non-empty `sweep` runs each of its experiments into `DIR/<name>` (see
-`train/sweep.py`); any other config is one experiment (`train/experiment.py`). Rerunning the
-same command resumes: finished work is skipped, interrupted work continues from its checkpoint.
+One experiment is the stages named in `config.stages` (train/stages/), run in order into one
+work directory: 'flow' trains the flow, 'vaegan' the VAE-GAN of the exact-vs-approximate
+ablation, 'classifier' trains and tests the classifier, 'evaluate' tests it under the attacks of
+`config.evaluation`. A stage that needs a flow (or VAE-GAN) and has no `flow.checkpoint`
+(`vaegan.checkpoint`) trains it into the same workdir first. `DIR/results.json` gathers the
+final metrics of every stage that ran (a later stage's override an earlier one's where both
+name a key). A config with a non-empty `sweep` runs each of its experiments into `DIR/<name>`
+(train/sweep.py).
+
+Rerunning the same command resumes: a finished stage is skipped, an interrupted one continues
+from its last checkpoint.
 """
 import os
 
 import jax
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxflowaug import parallel
-from train import experiment, results, sweep, writer
+from train import attack, checkpoint, input_pipeline, results, sweep, workdir as workdirs, writer
+from train.stages import classifier, evaluate, flow, vaegan
 
+STAGES = (flow, vaegan, classifier, evaluate)
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Experiment config file (FILE.py or FILE.py:smoke).",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Work directory: checkpoints, logs, results.json.")
-flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _needs(config: ml_collections.ConfigDict, spec) -> dict:
+  """{stage name: whether it runs}: those named in `config.stages`, and the flow or VAE-GAN
+  that a named stage reads when no checkpoint of one is given (`spec`: the classifier's
+  perturbation, or None)."""
+  wants_flow = (flow.NAME in config.stages or (spec is not None and spec.needs_flow)
+                or (evaluate.NAME in config.stages and evaluate.uses_flow(config)))
+  wants_vaegan = vaegan.NAME in config.stages or (spec is not None and spec.needs_vaegan)
+  return {flow.NAME: wants_flow and not config.flow.checkpoint,
+          vaegan.NAME: wants_vaegan and not config.vaegan.checkpoint,
+          classifier.NAME: classifier.NAME in config.stages,
+          evaluate.NAME: evaluate.NAME in config.stages}
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs the config's stages into `workdir` and writes `workdir/results.json`."""
+  names = tuple(stage.NAME for stage in STAGES)
+  unknown = [s for s in config.stages if s not in names]
+  if unknown or not config.stages:
+    raise ValueError(f"stages={tuple(config.stages)} must be a non-empty subset of {names}.")
+  # Every config check before anything is written: a refused run leaves no workdir behind.
+  spec = attack.from_perturb(config.perturb) if classifier.NAME in config.stages else None
+  needs = _needs(config, spec)
+  for stage in STAGES:
+    if needs[stage.NAME]:
+      stage.validate(config)
+  if spec is not None and spec.needs_vaegan and config.vaegan.checkpoint:
+    checkpoint.frozen_directory(config.vaegan.checkpoint, vaegan.NAME, "vaegan.checkpoint")
+  workdir = workdirs.check_workdir(workdir)
+  datasets = input_pipeline.load(config)
+  mesh = parallel.make_mesh()
+  per_stage = {}
+  for stage in STAGES:
+    if needs[stage.NAME]:
+      done = results.finished(workdir, stage.NAME)
+      per_stage[stage.NAME] = done if done is not None else stage.run(config, workdir, datasets,
+                                                                      mesh)
+  merged = {}
+  for out in per_stage.values():
+    merged.update({k: v for k, v in out.items()
+                   if k not in ("config", "versions", "device_count", "process_count",
+                                "platform")})
+  merged["stages"] = {s: {k: v for k, v in out.items() if k != "config"}
+                      for s, out in per_stage.items()}
+  return results.write(workdir, merged, config)
 
 
 def main(argv):
@@ -30,15 +83,23 @@ def main(argv):
   logging.info("JAX process %d / %d, local devices %s, global device count %d",
                jax.process_index(), jax.process_count(), jax.local_devices(), jax.device_count())
   if config.get("sweep"):
-    sweep.run(config, FLAGS.workdir)
+    sweep.run(config, FLAGS.workdir, run)
     return
-  out = experiment.run(config, FLAGS.workdir)
+  out = run(config, FLAGS.workdir)
   if jax.process_index() == 0:
     keys = ("val_bits_per_dim", "max_reconstruction_error", "test_accuracy", "train_accuracy",
-            "steps")
+            "clean_accuracy", "steps")
     print("results:", {k: out[k] for k in keys if k in out},
           "->", os.path.join(os.path.abspath(FLAGS.workdir), results.RESULTS_FILE))
 
 
+def define_flags() -> None:
+  config_flags.DEFINE_config_file("config", None, "Experiment config file (FILE.py or "
+                                  "FILE.py:smoke).", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Work directory: checkpoints, logs, results.json.")
+  flags.mark_flags_as_required(["config", "workdir"])
+
+
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -10,7 +10,7 @@ a run is the directory holding the stage directories, so single runs and the run
 - from the evaluate stage: Table 4 (FID/KID of perturbed images to the training images),
   Table 5 (mean l2 / linf image-space size of the perturbations), Table 6 (accuracy under
   attack and its relative drop);
-  Table 4 rows of runs that differ only in their seed (`sweep.group_key`) are merged, mean ±
+  Table 4 rows of runs that differ only in their seed (`labels.group_key`) are merged, mean ±
   std, with the fraction of perturbations a density filter kept;
 - the flows' bits/dim, the VAE-GANs' reconstruction errors, and links to every run's figures.
 The paper's numbers (`PAPER`, from PAPER.md) stand in brackets beside ours where dataset, method
@@ -26,12 +26,12 @@ from typing import Optional
 import numpy as np
 from absl import app
 
-from train import evaluate, figures, results, sweep
+from train import figures, labels, results
 
 STAGES = ("flow", "vaegan", "classifier", "evaluate")
 REPORT_FILE = "REPORT.md"
 
-# The paper's numbers, keyed by our labels (`method_label`, `evaluate.attack_label`).
+# The paper's numbers, keyed by our labels (`labels.method_label`, `labels.attack_label`).
 PAPER = {
     # Table 1: CIFAR-10 test accuracy (%), ResNet-18, on the fixed 5% subset and the full set.
     "accuracy": {"CIFAR-10": {
@@ -100,25 +100,6 @@ def dataset_name(config: dict) -> str:
   return next((name for key, name in _DATASETS if key in normalised), source)
 
 
-def method_label(config: dict) -> str:
-  """The classifier's training method: 'standard', 'standard + DA' (crop/flip or translate),
-  'Cutout', 'Mixup', or the perturbation's `evaluate.attack_label` (' via VAE-GAN' when in a
-  VAE-GAN's latent, ' on 50% of each batch' when `perturb.fraction` < 1; with ' + Cutout' etc.);
-  methods other than standard are marked ' (no DA)' when trained without crop/flip/translate."""
-  p, aug = config["perturb"], config["classifier"]["augment"]
-  parts = [evaluate.attack_label(p)] if p["method"] != "none" else []
-  if parts and p["method"] != "pgd" and p.get("generator", "flow") == "vaegan":
-    per_class = config.get("vaegan", {}).get("per_class")
-    parts[0] += f" via VAE-GAN{' (per class)' if per_class else ''}"
-  if parts and p.get("fraction", 1.0) < 1.0:
-    parts[0] += f" on {p['fraction']:.0%} of each batch"
-  parts += [name for name, key in (("Cutout", "cutout"), ("Mixup", "mixup_alpha")) if aug.get(key)]
-  image_da = bool(aug.get("crop_flip") or aug.get("translate"))
-  if not parts:
-    return "standard + DA" if image_da else "standard"
-  return " + ".join(parts) + ("" if image_da else " (no DA)")
-
-
 def _size(config: dict, stage: dict) -> tuple:
   """(classifier training images, whether that is the whole train split)."""
   full = not config["data"]["train_size"] and not config["data"]["train_fraction"]
@@ -178,7 +159,8 @@ def accuracy_sections(runs: dict, runs_dir: str) -> list:
     if not out or "test_accuracy" not in out:
       continue
     config = out["config"]
-    grouped.setdefault(dataset_name(config), {}).setdefault(method_label(config), {}).setdefault(
+    by_method = grouped.setdefault(dataset_name(config), {})
+    by_method.setdefault(labels.method_label(config), {}).setdefault(
         _size(config, out), []).append(out["test_accuracy"])
   lines = []
   for dataset, methods in grouped.items():
@@ -217,14 +199,14 @@ def evaluation_sections(runs: dict) -> list:
     if not out or "attacks" not in out:
       continue
     config = out["config"]
-    dataset, trained = dataset_name(config), method_label(config)
+    dataset, trained = dataset_name(config), labels.method_label(config)
     size = _size(config, out)
     cifar = dataset == "CIFAR-10"
     inception = out.get("fid_features") == "inception"
     suffix = "" if inception else "_classifier_features"
     features = "Inception" if inception else "classifier features (not FID)"
     clean = out.get("clean", {})
-    group = sweep.group_key(run)
+    group = labels.group_key(run)
     fid_groups.setdefault((group, trained, "clean (reference)", features, ""), []).append(
         (clean.get(f"fid{suffix}"), clean.get(f"kid{suffix}"), None))
     for row in out["attacks"].values():

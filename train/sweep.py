@@ -3,7 +3,7 @@
 `config.sweep` is a tuple of `(name, config_module, overrides)`; each run is the config of
 `configs/<config_module>.py` (in the sweep's variant, `config.sweep_variant`: '' or 'smoke' or
 'cpu') with the dotted-field `overrides` applied (`{"perturb.eps": 0.5, "seed": 1}`), run by
-`experiment.run` into `<workdir>/<name>`. A string value `"@other"` stands for `<workdir>/other`, so a run can use the
+`run_one` (`train.main.run`) into `<workdir>/<name>`. A string value `"@other"` stands for `<workdir>/other`, so a run can use the
 flow that an earlier run of the sweep trained (`{"flow.checkpoint": "@flow"}`). Finished runs
 (with a `results.json`) are skipped and interrupted ones resume, so rerunning a killed sweep
 finishes it. The sweep's own `results.json` lists every run and the mean ± std of the test
@@ -11,16 +11,15 @@ accuracy of each group of runs whose names differ only in a `_s<seed>` suffix.
 """
 import importlib
 import os
-import re
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
 
-from train import experiment, results
+from train import labels, results, workdir as workdirs
 
 
 def _apply(config: ml_collections.ConfigDict, field: str, value: Any) -> None:
@@ -55,11 +54,6 @@ def expand(config: ml_collections.ConfigDict, workdir: str) -> list:
   return runs
 
 
-def group_key(name: str) -> str:
-  """Runs whose names differ only in a trailing seed tag `_s<N>` form one group."""
-  return re.sub(r"_s\d+$", "", name)
-
-
 def summarize(rows: list) -> list:
   """Mean ± std (over seeds) of test accuracy per group, in the order groups first appear."""
   groups = {}
@@ -77,9 +71,11 @@ def table(summary: list) -> str:
   return "\n".join(lines)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs every experiment of the sweep (skipping finished ones) and writes the summary."""
-  workdir = experiment.check_workdir(workdir)
+def run(config: ml_collections.ConfigDict, workdir: str,
+        run_one: Callable[[ml_collections.ConfigDict, str], dict]) -> dict:
+  """Runs every experiment of the sweep with `run_one(config, workdir)` (skipping finished
+  ones) and writes the summary."""
+  workdir = workdirs.check_workdir(workdir)
   rows, start = [], time.time()
   for name, child in expand(config, workdir):
     path = os.path.join(workdir, name)
@@ -87,13 +83,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if out is None:
       logging.info("sweep: running %s", name)
       t0 = time.time()
-      out = experiment.run(child, path)
+      out = run_one(child, path)
       out["wall_seconds"] = time.time() - t0
       if jax.process_index() == 0:
         results.write_json_atomic(os.path.join(path, results.RESULTS_FILE), out)
     else:
       logging.info("sweep: %s already finished, skipping", name)
-    row = {"name": name, "group": group_key(name), "seed": out["config"]["seed"],
+    row = {"name": name, "group": labels.group_key(name), "seed": out["config"]["seed"],
            "wall_seconds": out.get("wall_seconds")}
     row.update({k: out[k] for k in ("test_accuracy", "train_accuracy", "val_bits_per_dim")
                 if k in out})

@@ -5,6 +5,7 @@ This subpackage is the only part of jaxflowaug that reads files.
 from jaxflowaug.data.batching import batch_indices
 from jaxflowaug.data.batching import epoch_permutation
 from jaxflowaug.data.batching import steps_per_epoch
+from jaxflowaug.data.pixels import to_float
 from jaxflowaug.data.readers import KNOWN_CLASS_NAMES
 from jaxflowaug.data.store import DEFAULT_DATA_DIR
 from jaxflowaug.data.store import DatasetInfo

@@ -13,7 +13,6 @@ and mean absolute error per pixel, pixels in [0, 1]): the code's inexactness, 0 
 """
 import math
 import os
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -23,16 +22,10 @@ import optax
 from absl import logging
 from flax.training import train_state
 
-from jaxflowaug import parallel, vaegan
-from train import checkpoint, figures, flow_trainer, input_pipeline, results, writer
+from jaxflowaug import data, parallel, vaegan
+from train import figures, frozen, input_pipeline, loop, models, results
 
-STAGE = "vaegan"
-
-
-def create_model(config: ml_collections.ConfigDict, image_shape, num_classes: int):
-  cfg = config.vaegan
-  return vaegan.VAEGAN(tuple(image_shape), latent_dim=cfg.latent_dim, width=cfg.width,
-                       num_classes=num_classes if cfg.per_class else 0)
+NAME = frozen.VAEGAN
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -49,22 +42,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if cfg[field] < 0:
       raise ValueError(f"vaegan.{field}={cfg[field]} must be >= 0.")
   parallel.check_batch_size(cfg.batch_size, "vaegan.batch_size")
-
-
-def identity(config: ml_collections.ConfigDict, image_shape, num_classes: int) -> dict:
-  """What fixes a VAE-GAN: its architecture and the data it models."""
-  cfg = config.vaegan
-  return {"latent_dim": cfg.latent_dim, "width": cfg.width, "per_class": bool(cfg.per_class),
-          "image_shape": list(image_shape), "num_classes": int(num_classes)}
-
-
-def load_frozen(path: str, config: ml_collections.ConfigDict, image_shape, num_classes: int):
-  """(VAEGAN module, {'params': ...}) from the latest checkpoint of a vaegan stage under `path`."""
-  state = checkpoint.load_frozen(
-      path, STAGE, identity(config, image_shape, num_classes), "vaegan.checkpoint",
-      "Train a VAE-GAN for this config (leave vaegan.checkpoint empty) or set vaegan.latent_dim/"
-      "width/per_class and the data to match.")
-  return create_model(config, image_shape, num_classes), {"params": state["params"]}
 
 
 class Batches:
@@ -99,7 +76,7 @@ class Batches:
 def train_step(state: train_state.TrainState, batches: list, key: jax.Array, *, model, cfg,
                grouped: bool):
   """One Adam step on L_G + L_D of the concatenated batches."""
-  x = input_pipeline.to_float(jnp.concatenate([b["image"] for b in batches]))
+  x = data.to_float(jnp.concatenate([b["image"] for b in batches]))
   y = jnp.concatenate([b["label"] for b in batches])
   key = jax.random.fold_in(key, state.step)
   (_, m), grads = jax.value_and_grad(
@@ -111,7 +88,7 @@ def train_step(state: train_state.TrainState, batches: list, key: jax.Array, *, 
 
 def reconstruct(params, batch: dict, *, model) -> dict:
   """Sums over the unmasked rows of the per-pixel mean squared and absolute error of G(mu(x))."""
-  x = input_pipeline.to_float(batch["image"])
+  x = data.to_float(batch["image"])
   y = batch["label"] if model.num_classes else None
   mu, _ = model.apply({"params": params}, x, y, method=model.encode)
   error = model.apply({"params": params}, mu, y, method=model.decode) - x
@@ -121,17 +98,11 @@ def reconstruct(params, batch: dict, *, model) -> dict:
           "count": jnp.sum(batch["mask"])}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       datasets: Optional[input_pipeline.Datasets] = None) -> dict:
+def run(config: ml_collections.ConfigDict, workdir: str, datasets: input_pipeline.Datasets,
+        mesh) -> dict:
   """Trains the VAE-GAN (resuming from `<workdir>/vaegan`), evaluates it, writes its results."""
-  validate(config)
   cfg = config.vaegan
-  done = results.finished(workdir, STAGE)
-  if done is not None:
-    return done
-  datasets = datasets or input_pipeline.load(config)
-  mesh = parallel.make_mesh()
-  model = create_model(config, datasets.image_shape, datasets.num_classes)
+  model = models.create_vaegan(config, datasets.image_shape, datasets.num_classes)
   batches = Batches(datasets.flow_train, cfg, datasets.num_classes, config.seed, mesh)
   total_steps = max(1, int(math.ceil(cfg.epochs * batches.steps_per_epoch)))
   init_key, train_key, sample_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
@@ -145,48 +116,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   state = jax.jit(init, out_shardings=parallel.replicated(mesh))(init_key)
   logging.info("vaegan parameters: %d", sum(x.size for x in jax.tree.leaves(state.params)))
-
-  stage_dir = writer.stage_dir(workdir, STAGE)
-  ckpt = checkpoint.Checkpointer(
-      os.path.join(stage_dir, "checkpoints"),
-      identity(config, datasets.image_shape, datasets.num_classes),
-      kill_during_save_step=config.debug_kill_during_save_step)
-  start = ckpt.latest_step()
-  if start is not None:
-    state, _ = ckpt.restore(start, state)
-    logging.info("Resumed vaegan training from step %d.", start)
-  start = int(state.step)
-
-  repl = parallel.replicated(mesh)
-  step_fn = jax.jit(lambda s, b, k: train_step(s, b, k, model=model, cfg=cfg,
-                                               grouped=batches.grouped),
-                    donate_argnums=(0,), out_shardings=(repl, repl))
-  log = writer.MetricWriter(stage_dir, total_steps, start, desc="vaegan")
-  try:
-    for step in range(start, total_steps):
-      state, m = step_fn(state, batches.batch(step), train_key)
-      log.advance()
-      last = step + 1 == total_steps
-      save_now = (step + 1) % cfg.checkpoint_every == 0 or last
-      if (step + 1) % cfg.log_every == 0 or save_now:
-        m = parallel.to_host(m)
-        if not all(np.isfinite(v) for v in m.values()):
-          raise flow_trainer.NonFiniteError(
-              f"vaegan training produced a non-finite loss at step {step + 1}; "
-              f"{ckpt.last_good()}. Lower vaegan.learning_rate, then rerun.")
-        log.scalars(step + 1, m, prefix="train/")
-      if save_now:
-        ckpt.save(step + 1, state)
-  finally:
-    log.close()
-    ckpt.close()
+  stage_dir = os.path.join(workdir, NAME)
+  state = loop.train(
+      stage_dir, desc=NAME, state=state,
+      step_fn=lambda s, b, k: train_step(s, b, k, model=model, cfg=cfg, grouped=batches.grouped),
+      batch=batches.batch, key=train_key, total_steps=total_steps,
+      identity=models.vaegan_identity(config, datasets.image_shape, datasets.num_classes),
+      log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every, mesh=mesh,
+      nonfinite_fix="Lower vaegan.learning_rate, then rerun.").state
 
   recon_fn = jax.jit(lambda p, b: reconstruct(p, b, model=model))
-  totals = input_pipeline.sum_over(lambda b, _: recon_fn(state.params, b), datasets.eval,
-                                   cfg.batch_size, mesh)
-  n = max(totals["count"], 1.0)
+  errors = input_pipeline.mean_over(lambda b, _: recon_fn(state.params, b), datasets.eval,
+                                    cfg.batch_size, mesh)
   figures_out = _figures(state.params, model, datasets, cfg, sample_key, stage_dir, mesh)
-  final = {"val_reconstruction_mse": totals["mse"] / n, "val_reconstruction_mae": totals["mae"] / n,
+  final = {"val_reconstruction_mse": errors["mse"], "val_reconstruction_mae": errors["mae"],
            "steps": total_steps, "epochs": cfg.epochs,
            "num_params": int(sum(x.size for x in jax.tree.leaves(state.params))), **figures_out}
   logging.info("vaegan done: %s", final)
@@ -202,7 +145,7 @@ def _figures(params, model, datasets, cfg, key, stage_dir, mesh) -> dict:
       {"params": p}, jax.random.normal(k, (n, cfg.latent_dim)), y, method=model.decode))(
           params, key))
   batch = input_pipeline.first_rows(datasets.eval, cfg.recon_examples, mesh)
-  x = input_pipeline.to_float(batch["image"])
+  x = data.to_float(batch["image"])
   yb = batch["label"] if model.num_classes else None
   recon = jax.jit(lambda p, x, y: model.apply(
       {"params": p}, model.apply({"params": p}, x, y, method=model.encode)[0], y,

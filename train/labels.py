@@ -1,0 +1,42 @@
+"""Run labels for the report and the sweeps: readable names of attacks, of training methods,
+and of the groups of runs that differ only in their seed."""
+import re
+from typing import Any, Mapping
+
+_ATTACK_NAMES = {"rla": "R-LA", "ala": "A-LA", "pgd": "PGD"}
+
+
+def attack_label(spec: Mapping[str, Any]) -> str:
+  """A readable name of an attack or training perturbation (a mapping with method, norm, eps,
+  step_size, steps): 'R-LA linf ε 0.25', 'A-LA l2 ε 1 α 0.5 k 3',
+  'PGD linf ε 0.03 α 0.008 k 10'."""
+  label = f"{_ATTACK_NAMES[spec['method']]} {spec['norm']} ε {spec['eps']:g}"
+  if spec["method"] != "rla":
+    label += f" α {spec['step_size']:g} k {spec['steps']}"
+  if spec.get("density_percentile"):
+    label += f", density p{spec['density_percentile']:g} {spec.get('density_mode', 'reject')}"
+  return label
+
+
+def method_label(config: dict) -> str:
+  """The classifier's training method: 'standard', 'standard + DA' (crop/flip or translate),
+  'Cutout', 'Mixup', or the perturbation's `attack_label` (' via VAE-GAN' when in a
+  VAE-GAN's latent, ' on 50% of each batch' when `perturb.fraction` < 1; with ' + Cutout' etc.);
+  methods other than standard are marked ' (no DA)' when trained without crop/flip/translate."""
+  p, aug = config["perturb"], config["classifier"]["augment"]
+  parts = [attack_label(p)] if p["method"] != "none" else []
+  if parts and p["method"] != "pgd" and p.get("generator", "flow") == "vaegan":
+    per_class = config.get("vaegan", {}).get("per_class")
+    parts[0] += f" via VAE-GAN{' (per class)' if per_class else ''}"
+  if parts and p.get("fraction", 1.0) < 1.0:
+    parts[0] += f" on {p['fraction']:.0%} of each batch"
+  parts += [name for name, key in (("Cutout", "cutout"), ("Mixup", "mixup_alpha")) if aug.get(key)]
+  image_da = bool(aug.get("crop_flip") or aug.get("translate"))
+  if not parts:
+    return "standard + DA" if image_da else "standard"
+  return " + ".join(parts) + ("" if image_da else " (no DA)")
+
+
+def group_key(name: str) -> str:
+  """Runs whose names differ only in a trailing seed tag `_s<N>` form one group."""
+  return re.sub(r"_s\d+$", "", name)
