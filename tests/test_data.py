@@ -171,7 +171,7 @@ def test_npz_both_layouts_and_class_names(tmp_path):
   info = data.info(source, data_dir=tmp_path / 'dd')
   assert info.class_names == ('w', 'x', 'y', 'z') and info.image_shape == (2, 2, 1)
   assert info.splits == {'train': 100, 'test': 20}
-  np.savez(tmp_path / 'one.npz', images=np.zeros((3, 2, 2, 3), np.uint8),
+  np.savez(tmp_path / 'one.npz', images=np.full((3, 2, 2, 3), 9, np.uint8),
            labels=np.array([[0], [2], [1]]))
   images, labels = data.load(f'npz:{tmp_path / "one.npz"}', 'train',
                              data_dir=tmp_path / 'dd')
@@ -253,7 +253,7 @@ def test_bad_folders_raise(tmp_path, as_tar, kind, error, match):
     ('idx:{tmp}', FileNotFoundError, 'no IDX files'),
     ('tfds:no_such_dataset', ValueError, "unknown TFDS dataset name 'no_such_dataset'"),
     ('hdf5:{tmp}/x.h5', ValueError, "source='hdf5:.*' is not understood"),
-    ('cifar10', ValueError, 'is not understood'),
+    ('cifar11', ValueError, "'cifar11' is not understood; use a dataset name \\(cifar10,"),
 ])
 def test_bad_sources_raise(tmp_path, source, error, match):
   with pytest.raises(error, match=match):
