@@ -79,6 +79,14 @@ def _read_idx_files(paths: dict[str, pathlib.Path], class_names) -> readers.Loca
   return readers.LocalData(splits, class_names)
 
 
+def _cifar(name: str, archive: Archive, files, label_bytes: int) -> Dataset:
+  """A CIFAR binary archive of `files` (see `readers.read_cifar_binary`)."""
+  return Dataset('https://www.cs.toronto.edu/~kriz', (archive,),
+                 lambda paths: readers.read_cifar_binary(
+                     paths[archive.filename], files, label_bytes,
+                     readers.KNOWN_CLASS_NAMES[name]))
+
+
 _CIFAR10_FILES = {'train': tuple(f'data_batch_{i}.bin' for i in range(1, 6)),
                   'test': ('test_batch.bin',)}
 _CIFAR100_FILES = {'train': ('train.bin',), 'test': ('test.bin',)}
@@ -87,18 +95,12 @@ _CIFAR100_FILES = {'train': ('train.bin',), 'test': ('test.bin',)}
 # Fashion-MNIST from torchvision's datasets/svhn.py and datasets/mnist.py (the raw_md5s
 # of the decompressed IDX files from the `raw_data` lists of older torchvision versions).
 DATASETS: dict[str, Dataset] = {
-    'cifar10': Dataset(
-        'https://www.cs.toronto.edu/~kriz',
-        (Archive('cifar-10-binary.tar.gz', 'c32a1d4ab5d03f1284b67883e8d87530'),),
-        lambda paths: readers.read_cifar_binary(
-            paths['cifar-10-binary.tar.gz'], _CIFAR10_FILES, 1,
-            readers.KNOWN_CLASS_NAMES['cifar10'])),
-    'cifar100': Dataset(
-        'https://www.cs.toronto.edu/~kriz',
-        (Archive('cifar-100-binary.tar.gz', '03b5dce01913d631647c71ecec9e9cb8'),),
-        lambda paths: readers.read_cifar_binary(
-            paths['cifar-100-binary.tar.gz'], _CIFAR100_FILES, 2,
-            readers.KNOWN_CLASS_NAMES['cifar100'])),
+    'cifar10': _cifar('cifar10', Archive('cifar-10-binary.tar.gz',
+                                         'c32a1d4ab5d03f1284b67883e8d87530'),
+                      _CIFAR10_FILES, 1),
+    'cifar100': _cifar('cifar100', Archive('cifar-100-binary.tar.gz',
+                                           '03b5dce01913d631647c71ecec9e9cb8'),
+                       _CIFAR100_FILES, 2),
     'svhn': Dataset(
         'http://ufldl.stanford.edu/housenumbers',
         (Archive('train_32x32.mat', 'e26dedcc434d2e4c54c9b2d4a06d8373'),
