@@ -7,6 +7,12 @@ Every field can be overridden on the command line: `--config.perturb.eps=0.5`.
 import ml_collections
 from ml_collections import config_dict
 
+# Data sources. By name ('cifar10', 'cifar100', 'svhn', 'mnist', 'fashion_mnist'): the official
+# files, downloaded on first use (or taken from data.archive_dir) and kept in data.data_dir.
+CIFAR10 = "cifar10"
+# This project's offline machines hold the CIFAR-10 train split only, as JPEGs (lossy): run the
+# CIFAR-10 configs there with --config.data.source=folder:../shared/data/cifar10-jpeg-train.tar.xz
+# --config.data.eval_split= --config.data.holdout=5000 (5,000 seeded train images for evaluation).
 CIFAR10_TAR = "folder:../shared/data/cifar10-jpeg-train.tar.xz"
 FMNIST_IDX = "idx:../shared/data/fashion-mnist"
 
@@ -25,13 +31,19 @@ def _common() -> ml_collections.ConfigDict:
   c.distributed.process_id = config_dict.placeholder(int)
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = CIFAR10_TAR          # 'tfds:NAME' | 'folder:PATH' | 'idx:PATH' | 'npz:PATH'
-  c.data.data_dir = ""                 # TFDS data_dir; '' = ~/.cache/jaxflowaug/tfds
+  c.data.source = CIFAR10              # a name: 'cifar10' | 'cifar100' | 'svhn' | 'mnist' |
+                                       # 'fashion_mnist' (downloaded once); or 'tfds:NAME' |
+                                       # 'folder:PATH' | 'idx:PATH' | 'npz:PATH'
+  c.data.data_dir = ""                 # where sources are materialised (and named ones
+                                       # downloaded); '' = ~/.cache/jaxflowaug/tfds
+  c.data.archive_dir = ""              # offline machines: a folder holding the official files of
+                                       # a named source (e.g. cifar-10-binary.tar.gz), used
+                                       # instead of downloading them; '' = download
   c.data.train_split = "train"          # flow training set; classifier subset drawn from it
-  c.data.eval_split = ""               # '' = a held-out part of train_split (below); or a split
-  c.data.holdout = 5000                # with eval_split '': images held out of train_split
-                                       # (seeded, class-balanced; CIFAR-10's test split is not
-                                       # used here), disjoint from every training set
+  c.data.eval_split = "test"           # a split; or '' = a held-out part of train_split (below)
+  c.data.holdout = 0                   # with eval_split '': images held out of train_split
+                                       # (seeded, class-balanced), disjoint from every training
+                                       # set (5000 for the CIFAR-10 tar of CIFAR10_TAR)
   c.data.train_size = 0                # classifier training images (count); 0 = all
   c.data.train_fraction = 0.0          # ... or a fraction of train_split; 0 = unused
   c.data.subset_seed = 9999            # the authors' seed: the same subset for every method

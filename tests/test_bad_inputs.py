@@ -134,6 +134,16 @@ def test_bad_data_is_refused_naming_data_source(case, error, match, tmp_path):
   assert not _tree(str(data_dir)), "bad data must not be half-materialised"
 
 
+def test_read_only_data_dir_is_refused(tmp_path, monkeypatch):
+  # Tests run as root, who may write anywhere: the check asks os.access, so refuse there.
+  real_access = os.access
+  monkeypatch.setattr(os, "access", lambda path, mode: mode != os.W_OK and real_access(path, mode))
+  data = (_npz(str(tmp_path / "d.npz"), (8, 8, 3), 64, 16), str(tmp_path / "tfds"))
+  _refused(_config(cifar10_standard, data), tmp_path / "work", ValueError,
+           r"data\.source=.*\(data\.data_dir=.*tfds'\): data_dir '.*tfds' is not writable "
+           r".*set data\.data_dir to a writable directory")
+
+
 def test_images_the_flow_cannot_take_are_refused(tmp_path):
   # Glow with 2 levels squeezes twice: H and W must be divisible by 4.
   data = (_npz(str(tmp_path / "six.npz"), (6, 6, 3), 64, 16), str(tmp_path / "tfds"))

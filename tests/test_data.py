@@ -1,6 +1,7 @@
 """Tests for jaxflowaug.data: real sources, tiny fixtures, slicing, subsets, batching."""
 import gzip
 import io
+import os
 import pathlib
 import tarfile
 import time
@@ -171,7 +172,7 @@ def test_npz_both_layouts_and_class_names(tmp_path):
   info = data.info(source, data_dir=tmp_path / 'dd')
   assert info.class_names == ('w', 'x', 'y', 'z') and info.image_shape == (2, 2, 1)
   assert info.splits == {'train': 100, 'test': 20}
-  np.savez(tmp_path / 'one.npz', images=np.zeros((3, 2, 2, 3), np.uint8),
+  np.savez(tmp_path / 'one.npz', images=np.full((3, 2, 2, 3), 9, np.uint8),
            labels=np.array([[0], [2], [1]]))
   images, labels = data.load(f'npz:{tmp_path / "one.npz"}', 'train',
                              data_dir=tmp_path / 'dd')
@@ -253,7 +254,7 @@ def test_bad_folders_raise(tmp_path, as_tar, kind, error, match):
     ('idx:{tmp}', FileNotFoundError, 'no IDX files'),
     ('tfds:no_such_dataset', ValueError, "unknown TFDS dataset name 'no_such_dataset'"),
     ('hdf5:{tmp}/x.h5', ValueError, "source='hdf5:.*' is not understood"),
-    ('cifar10', ValueError, 'is not understood'),
+    ('cifar11', ValueError, "'cifar11' is not understood; use a dataset name \\(cifar10,"),
 ])
 def test_bad_sources_raise(tmp_path, source, error, match):
   with pytest.raises(error, match=match):
@@ -389,3 +390,88 @@ def test_batch_indices_errors(kwargs, match):
   with pytest.raises(ValueError, match=match):
     data.batch_indices(args.pop('num_examples'), args.pop('global_batch_size'),
                        args.pop('seed'), args.pop('step'), **args)
+
+
+# ---------------------------------------------------------------- mistakes and damage
+
+
+def test_images_in_zero_one_are_refused(tmp_path):
+  path = tmp_path / 'binary.npz'
+  np.savez(path, images=(np.arange(32).reshape(2, 4, 4, 1) % 2).astype(np.uint8),
+           labels=np.array([0, 1]))
+  with pytest.raises(ValueError, match=r'uint8 with maximum 1: .*forgotten x255.*'
+                                       r'\(x \* 255\)\.round\(\)\.astype\(np\.uint8\)'):
+    data.load(f'npz:{path}', 'train', data_dir=tmp_path / 'dd')
+  assert not (tmp_path / 'dd' / 'jaxflowaug_local').exists()
+
+
+def test_channels_first_arrays_are_named(tmp_path):
+  path = tmp_path / 'nchw.npz'
+  np.savez(path, images=np.full((2, 3, 8, 8), 9, np.uint8), labels=np.array([0, 1]))
+  with pytest.raises(ValueError, match=r'shape \(2, 3, 8, 8\), which looks channels-first '
+                                       r'\(N, C, H, W\); .* expects channels-last '
+                                       r'\(N, H, W, C\): .*np\.transpose\(images, '
+                                       r'\(0, 2, 3, 1\)\)'):
+    data.load(f'npz:{path}', 'train', data_dir=tmp_path / 'dd')
+
+
+def test_symlinked_class_folders_are_followed_but_not_loops(tmp_path):
+  _png(tmp_path / 'elsewhere' / 'cats' / '0.png', _pixel(5))
+  _png(tmp_path / 'f' / 'dog' / '0.png', _pixel(9))
+  (tmp_path / 'f' / 'cat').symlink_to(tmp_path / 'elsewhere' / 'cats')
+  (tmp_path / 'f' / 'dog' / 'loop').symlink_to(tmp_path / 'f')
+  images, labels = data.load(f'folder:{tmp_path / "f"}', 'train', data_dir=tmp_path / 'dd')
+  np.testing.assert_array_equal(images[:, 0, 0, 0], [5, 9])
+  np.testing.assert_array_equal(labels, [0, 1])
+
+
+def _damage(version_dir: pathlib.Path, kind: str) -> None:
+  train = next(version_dir.glob('*-train.array_record-*'))
+  if kind == 'garbled records':
+    payload = bytearray(train.read_bytes())
+    payload[len(payload) // 2:len(payload) // 2 + 64] = b'\xff' * 64
+    train.write_bytes(bytes(payload))
+  elif kind == 'truncated records':
+    train.write_bytes(train.read_bytes()[:train.stat().st_size // 2])
+  elif kind == 'empty records':
+    train.write_bytes(b'')
+  elif kind == 'garbled info':
+    (version_dir / 'dataset_info.json').write_text('{"name": ')
+  elif kind == 'deleted info':
+    (version_dir / 'dataset_info.json').unlink()
+
+
+DAMAGE = ['garbled records', 'truncated records', 'empty records', 'garbled info',
+          'deleted info']
+
+
+@pytest.mark.parametrize('kind', DAMAGE)
+def test_a_damaged_cache_is_rebuilt_from_the_source(tmp_path, kind):
+  source = f'npz:{_npz(tmp_path / "d.npz")}'
+  want = data.load(source, 'train', data_dir=tmp_path / 'dd')
+  (version_dir,) = (tmp_path / 'dd' / 'jaxflowaug_local').glob('*/1.0.0')
+  _damage(version_dir, kind)
+  assert data.info(source, data_dir=tmp_path / 'dd').splits == {'train': 100, 'test': 20}
+  for got, expected in zip(data.load(source, 'train', data_dir=tmp_path / 'dd'), want):
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize('kind', DAMAGE)
+def test_a_damaged_tfds_dataset_names_the_directory_to_delete(tmp_path, kind):
+  data.load(f'npz:{_npz(tmp_path / "d.npz")}', 'train', data_dir=tmp_path / 'dd')
+  (version_dir,) = (tmp_path / 'dd' / 'jaxflowaug_local').glob('*/1.0.0')
+  _damage(version_dir, kind)
+  with pytest.raises(ValueError, match=rf"prepared dataset in '{version_dir.parent}.*' "
+                                       r'is damaged \(.*\); delete that directory') as e:
+    data.load(f'tfds:jaxflowaug_local/{version_dir.parent.name}', 'train',
+              data_dir=tmp_path / 'dd')
+  assert 'split' not in str(e.value) and '\n' not in str(e.value)
+
+
+def test_a_read_only_data_dir_is_named(tmp_path, monkeypatch):
+  real_access = os.access
+  monkeypatch.setattr(os, 'access', lambda path, mode: (
+      mode != os.W_OK and real_access(path, mode)))
+  with pytest.raises(ValueError, match=r"data_dir '.*dd' is not writable .* set "
+                                       r'data\.data_dir to a writable directory'):
+    data.load(f'npz:{_npz(tmp_path / "d.npz")}', 'train', data_dir=tmp_path / 'dd')

@@ -76,7 +76,7 @@ def load(config: ml_collections.ConfigDict) -> Datasets:
     raise ValueError(f"data.train_size={cfg.train_size} and data.train_fraction="
                      f"{cfg.train_fraction} are both set; set one of them to 0.")
   source = f"data.source={cfg.source!r} (data.data_dir={ddir!r})"
-  info = _naming(source, data.info, cfg.source, data_dir=ddir)
+  info = _naming(source, data.info, cfg.source, data_dir=ddir, archive_dir=cfg.archive_dir)
   full = Split(*_naming(f"data.train_split={cfg.train_split!r}", data.load, cfg.source,
                         cfg.train_split, data_dir=ddir))
   if cfg.eval_split:

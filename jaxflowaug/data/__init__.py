@@ -1,4 +1,4 @@
-"""Data: sources (TFDS, image folders/tars, IDX, npz), fixed subsets, batch indices.
+"""Data: sources (datasets by name, TFDS, image folders/tars, IDX, npz), subsets, batches.
 
 This subpackage is the only part of jaxflowaug that reads files.
 """

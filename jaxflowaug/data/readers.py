@@ -15,6 +15,9 @@ names. Three layouts are read:
 - `read_npz(path)`: a `.npz` with `x_<split>` / `y_<split>` pairs, or `images` /
   `labels` (one split, `'train'`), and optionally `class_names`.
 
+`read_cifar_binary` and `read_svhn_mat` parse the official CIFAR binary archives and SVHN
+`.mat` files that `download` fetches.
+
 For sources with integer labels (IDX, npz) the class names come from `class_names` in
 the file, else from a known dataset whose name the path's last component starts with
 (e.g. `fashion-mnist/` gives Fashion-MNIST's names), else `'0'`, `'1'`, ...
@@ -28,6 +31,7 @@ import re
 import tarfile
 
 import numpy as np
+import scipy.io
 from PIL import Image
 
 _DIGITS = tuple(str(i) for i in range(10))
@@ -113,9 +117,28 @@ def _decode(data: bytes, name: str) -> np.ndarray:
   return array[..., None] if array.ndim == 2 else array
 
 
+def walk(root: pathlib.Path):
+  """`os.walk(root)` in sorted order, following symlinked folders but not link loops.
+
+  A folder that resolves to one of its own ancestors (a link back up the tree) is
+  skipped; a folder linked from two places is read twice.
+  """
+  for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    dirnames[:] = sorted(d for d in dirnames
+                         if not _links_to_ancestor(pathlib.Path(dirpath) / d, root))
+    yield dirpath, dirnames, sorted(filenames)
+
+
+def _links_to_ancestor(path: pathlib.Path, root: pathlib.Path) -> bool:
+  """Whether `path` resolves to the real path of a folder from `root` down to its parent."""
+  real = os.path.realpath(path)
+  return any(os.path.realpath(root / parent) == real
+             for parent in path.relative_to(root).parents)
+
+
 def _folder_entries(root: pathlib.Path):
   """Yields (relative parts, bytes or None for a directory) for a directory tree."""
-  for dirpath, dirnames, filenames in os.walk(root):
+  for dirpath, dirnames, filenames in walk(root):
     rel = pathlib.Path(dirpath).relative_to(root).parts
     for d in dirnames:
       yield rel + (d,), None
@@ -124,10 +147,11 @@ def _folder_entries(root: pathlib.Path):
         yield rel + (f,), (pathlib.Path(dirpath) / f).read_bytes()
 
 
-def _tar_entries(path: pathlib.Path):
+def _tar_entries(path: pathlib.Path, suffixes: tuple[str, ...] = IMAGE_EXTENSIONS):
   """Yields (relative parts, bytes or None for a directory) for a tar archive.
 
-  The archive is streamed once (`r|*`), so compressed archives are never re-read.
+  Only files whose lower-cased names end with one of `suffixes` are read. The archive
+  is streamed once (`r|*`), so compressed archives are never re-read.
   """
   try:
     with tarfile.open(path, 'r|*') as tar:
@@ -135,9 +159,9 @@ def _tar_entries(path: pathlib.Path):
         parts = tuple(p for p in member.name.split('/') if p not in ('', '.'))
         if member.isdir():
           yield parts, None
-        elif member.isfile() and member.name.lower().endswith(IMAGE_EXTENSIONS):
+        elif member.isfile() and member.name.lower().endswith(suffixes):
           yield parts, tar.extractfile(member).read()
-  except tarfile.TarError as e:
+  except (tarfile.TarError, EOFError, OSError) as e:
     raise ValueError(f'cannot read tar archive {str(path)!r} ({e}); check that it '
                      'is a complete .tar/.tar.gz/.tar.xz file') from None
 
@@ -227,11 +251,79 @@ def _read_idx_file(path: pathlib.Path) -> np.ndarray:
   return body.reshape(shape)
 
 
+def read_cifar_binary(path: pathlib.Path, files: dict[str, tuple[str, ...]],
+                      label_bytes: int, class_names: tuple[str, ...]) -> LocalData:
+  """Reads an official CIFAR binary archive (`cifar-10-binary.tar.gz` and the like).
+
+  Each `.bin` member holds records of `label_bytes` label bytes (CIFAR-10: the label;
+  CIFAR-100: coarse then fine, of which the last, fine, is kept) followed by 3072 image
+  bytes: the 32x32 red plane, then green, then blue, each row-major.
+
+  Args:
+    path: the archive.
+    files: split -> member file names (without folders) in record order, e.g.
+      `{'train': ('data_batch_1.bin', ...), 'test': ('test_batch.bin',)}`.
+    label_bytes: label bytes per record (1 or 2).
+    class_names: names of the labels.
+
+  Raises:
+    ValueError: a member missing, or one whose size is not a whole number of records.
+  """
+  record = label_bytes + 3 * 32 * 32
+  found = {parts[-1]: data for parts, data in _tar_entries(path, ('.bin',))
+           if data is not None}
+  splits = {}
+  for split, names in files.items():
+    missing = [n for n in names if n not in found]
+    if missing:
+      raise ValueError(f'{str(path)!r} lacks {", ".join(missing)}; it is not the '
+                       'official CIFAR binary archive')
+    rows = []
+    for name in names:
+      if len(found[name]) % record:
+        raise ValueError(f'{name} in {str(path)!r} holds {len(found[name])} bytes, not '
+                         f'a whole number of {record}-byte records; the file is corrupt')
+      rows.append(np.frombuffer(found[name], np.uint8).reshape(-1, record))
+    rows = np.concatenate(rows)
+    images = rows[:, label_bytes:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    splits[split] = _check_arrays(np.ascontiguousarray(images),
+                                  rows[:, label_bytes - 1], f'{path}:{split}')
+  return LocalData(splits, _integer_class_names(splits, class_names, path))
+
+
+def read_svhn_mat(paths: dict[str, pathlib.Path]) -> LocalData:
+  """Reads the official SVHN cropped-digit files (`train_32x32.mat`, ...).
+
+  Each holds `X` uint8 (32, 32, 3, N) and `y` (N, 1) with labels 1..10, 10 meaning
+  the digit 0; the images become (N, 32, 32, 3) and label 10 becomes 0.
+
+  Args:
+    paths: split -> `.mat` file.
+  """
+  splits = {}
+  for split, path in paths.items():
+    try:
+      mat = scipy.io.loadmat(path, variable_names=('X', 'y'))
+      images, labels = np.moveaxis(mat['X'], 3, 0), mat['y'].astype(np.int64)
+    except (OSError, ValueError, KeyError) as e:
+      raise ValueError(f'cannot read {str(path)!r} as an SVHN .mat file with X and y '
+                       f'({e})') from None
+    splits[split] = _check_arrays(np.ascontiguousarray(images), labels % 10, str(path))
+  return LocalData(splits, KNOWN_CLASS_NAMES['svhn_cropped'])
+
+
 def _find_idx(root: pathlib.Path, stem: str) -> pathlib.Path | None:
   for candidate in (root / f'{stem}.gz', root / stem):
     if candidate.is_file():
       return candidate
   return None
+
+
+def read_idx_split(images_path: pathlib.Path, labels_path: pathlib.Path
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """One split from an IDX images file and its labels file: uint8 (N, H, W, 1), int32 (N,)."""
+  return _check_arrays(_read_idx_file(images_path), _read_idx_file(labels_path),
+                       str(images_path))
 
 
 def read_idx(path: pathlib.Path) -> LocalData:
@@ -254,9 +346,7 @@ def read_idx(path: pathlib.Path) -> LocalData:
     if labels_path is None:
       raise FileNotFoundError(f'{str(images_path)!r} has no labels file '
                               f'{prefix}-labels-idx1-ubyte[.gz] next to it')
-    images = _read_idx_file(images_path)
-    splits[split] = _check_arrays(images, _read_idx_file(labels_path),
-                                  str(images_path))
+    splits[split] = read_idx_split(images_path, labels_path)
   if not splits:
     raise FileNotFoundError(
         f'no IDX files in {str(path)!r}: expected train-images-idx3-ubyte[.gz] / '
@@ -303,6 +393,11 @@ def _check_arrays(images, labels, where: str) -> tuple[np.ndarray, np.ndarray]:
   if images.ndim != 4:
     raise ValueError(f'images in {where} have shape {images.shape}; expected '
                      '(N, H, W) or (N, H, W, C)')
+  if images.shape[1] in (1, 3, 4) and images.shape[3] not in (1, 3, 4):
+    raise ValueError(
+        f'images in {where} have shape {images.shape}, which looks channels-first '
+        '(N, C, H, W); jaxflowaug expects channels-last (N, H, W, C): store '
+        'np.transpose(images, (0, 2, 3, 1))')
   labels = np.asarray(labels)
   if labels.ndim == 2 and labels.shape[1] == 1:
     labels = labels[:, 0]
