@@ -47,6 +47,10 @@ higher-order derivatives keep working. Residuals: an "im2col" weight-tangent for
 kernels, where P is x itself or its strided subsample, and inputs with few channels);
 "shifted" keeps the padded x, "col2im" x itself.
 
+Switch. `enable_plans(False)` makes `conv_general_dilated` plain `lax.conv_general_dilated` on
+every platform: for comparison (benchmarks), and for a jax whose XLA:CPU no longer needs the
+plans. It is read when a function is traced, so set it before jitting.
+
 Platform. `conv_general_dilated` stages `lax.platform_dependent(cpu=planned_conv with
 choose_plan(...), default=lax.conv_general_dilated)`: the choice follows the platform
 the computation is lowered for (not the default backend) and the compiler never sees a
@@ -70,6 +74,12 @@ _NHWC_HWIO = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 
 FORMS = ("lax", "im2col", "shifted", "col2im")
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
+_SWITCH = {"plans": True}
+
+
+def enable_plans(enabled: bool) -> None:
+  """Turns the CPU plans on (the default) or off (plain lax everywhere); see the module doc."""
+  _SWITCH["plans"] = bool(enabled)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,7 +232,8 @@ def cpu_plan(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=
   outside the supported set: not 2-D NHWC/HWIO, dilated, grouped, negatively padded,
   non-floating, or with an explicit `out_sharding`.
   """
-  if (lhs.ndim != 4 or rhs.ndim != 4 or feature_group_count != 1 or batch_group_count != 1
+  if (not _SWITCH["plans"] or lhs.ndim != 4 or rhs.ndim != 4 or feature_group_count != 1
+      or batch_group_count != 1
       or out_sharding is not None
       or any(d != 1 for d in tuple(lhs_dilation or ()) + tuple(rhs_dilation or ()))
       or not jnp.issubdtype(lhs.dtype, jnp.floating)

@@ -104,6 +104,24 @@ def test_other_platforms_lower_to_plain_lax():
     assert ("stablehlo.dot_general" in text) == (convs == 0), platform
 
 
+def test_switch_off_gives_plain_lax_on_cpu_too():
+  """`enable_plans(False)`: the staged program is lax's own (convolutions in every product),
+  with the same values; switching back restores the plans."""
+  x, kernel = _inputs(k=3)
+  grad = lambda a, b: jax.grad(lambda a, b: jnp.sum(conv.conv_general_dilated(
+      a, b, (1, 1), "SAME", dimension_numbers=DN) ** 2), (0, 1))(a, b)
+  planned = grad(x, kernel)
+  conv.enable_plans(False)
+  try:
+    assert conv.cpu_plan(x, kernel, (1, 1), "SAME", dimension_numbers=DN) is None
+    text = jax.jit(grad).trace(x, kernel).lower().as_text()
+    assert text.count("stablehlo.convolution") == 3 and "custom_jvp" not in text
+    chex.assert_trees_all_close(grad(x, kernel), planned, rtol=1e-4, atol=1e-4)
+  finally:
+    conv.enable_plans(True)
+  assert conv.cpu_plan(x, kernel, (1, 1), "SAME", dimension_numbers=DN) is not None
+
+
 def test_second_order_matches_lax():
   x, kernel = _inputs(c=3, o=2, k=3)
   def grad_norm(fn):
