@@ -11,6 +11,11 @@ image batch x (B, H, W, C) in [0, 1] to a latent z of the same shape (prior N(0,
 `encode(x, y=None) -> z` and `decode(z, y=None) -> x`, `log_prob` and `bits_per_dim`; call
 them through `flow.apply(variables, x, method=Glow.forward)`.
 
+`as_bijector(flow, variables, y)` wraps a flow as a `distrax.Bijector` in the same direction
+(image -> latent, the image (H, W, C) is the event), and `as_distribution(flow, variables, y,
+temperature)` gives the `distrax.Transformed` model of images (`log_prob`, `sample`,
+`sample_and_log_prob`); both compose with distrax's bijectors.
+
 Variable collections: 'params' (trainable) and 'consts' (fixed permutations and signs; only
 `InvertibleConv1x1(decomposition='lu')` and `DenseFlow` have any). Checkpoint both; give
 only 'params' to the optimiser.
@@ -25,6 +30,8 @@ from jaxflowaug.flows.coupling import CouplingNet
 from jaxflowaug.flows.dense import DenseFlow
 from jaxflowaug.flows.dense import DenseSubnet
 from jaxflowaug.flows.dense import GlowCouplingBlock
+from jaxflowaug.flows.distrax_interop import as_bijector
+from jaxflowaug.flows.distrax_interop import as_distribution
 from jaxflowaug.flows.glow import Glow
 from jaxflowaug.flows.glow import GlowStep
 from jaxflowaug.flows.preprocess import Preprocess
@@ -34,5 +41,5 @@ from jaxflowaug.flows.squeeze import unsqueeze
 __all__ = [
     'ActNorm', 'Bijector', 'Coupling', 'CouplingNet', 'DenseFlow', 'DenseSubnet', 'Flow',
     'Glow', 'GlowCouplingBlock', 'GlowStep', 'InvertibleConv1x1', 'Preprocess',
-    'squeeze', 'standard_normal_log_prob', 'unsqueeze',
+    'as_bijector', 'as_distribution', 'squeeze', 'standard_normal_log_prob', 'unsqueeze',
 ]
