@@ -43,7 +43,7 @@ def measure_flow(name, config, shape, batch_size, repeats=3) -> list:
   z, _ = jax.jit(lambda v, x: flow.apply(v, x, y, method=flow.forward))(variables, x)
   fwd = harness.measure(f"{name} forward", lambda v, x: flow.apply(v, x, y, method=flow.forward),
                         variables, x, items=batch_size, repeats=repeats)
-  inv = harness.measure(f"{name} inverse", lambda v, z: flow.apply(v, z, y, method=flow.inverse),
+  inv = harness.measure(f"{name} inverse", lambda v, z: flow.apply(v, z, y, method=flow.decode),
                         variables, z, items=batch_size, repeats=repeats)
   step = functools.partial(flow_stage.train_step, flow=flow)
   train = harness.measure(f"{name} train step", step, state, batch, jax.random.PRNGKey(1),

@@ -184,7 +184,7 @@ def latent_attack(decode: Callable[[jnp.ndarray], jnp.ndarray],
 
   Args:
     decode: F⁻¹, maps latents (B, ...) to images (B, H, W, C), e.g.
-      `partial(flow.apply, flow_vars, method=Glow.inverse)`.
+      `partial(flow.apply, flow_vars, method=Glow.decode)`.
     loss_fn: maps images (B, H, W, C) to a scalar, summed over the batch (A-LA only).
     z: latents F(x), shape (B, ...).
     key: PRNG key for the noise or the random start.

@@ -26,7 +26,7 @@ def _decoder_params(key):
 
 
 def _decode(params, z):
-  """Stand-in flow inverse: x = sigmoid(A vec(z) + b), an invertible map into (0, 1)."""
+  """Stand-in for the flow's decode: x = sigmoid(A vec(z) + b), an invertible map into (0, 1)."""
   flat = z.reshape((z.shape[0], -1)) @ params['a'].T + params['b']
   return jax.nn.sigmoid(flat).reshape(z.shape)
 

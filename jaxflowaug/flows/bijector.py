@@ -5,12 +5,11 @@ A *bijector* layer is a Linen module with
     forward(x, *cond) -> (y, logdet),   logdet = log|det dy/dx|, shape (B,)
     inverse(y, *cond) -> (x, logdet),   logdet = log|det dx/dy| = -forward logdet
 
-where the determinant is over all non-batch axes of one example. `forward_and_log_det`
-and `inverse_and_log_det` are distrax-protocol aliases of the two methods.
+where the determinant is over all non-batch axes of one example.
 
 A *flow* maps an image batch x (B, H, W, C) to a latent z of the same shape with a
-standard-normal prior N(0, I) on z. Subclasses implement `forward` and
-`inverse_and_log_det`; `inverse` returns only the image.
+standard-normal prior N(0, I) on z, with the same pair convention: `forward(x, y) -> (z,
+logdet)`, `inverse(z, y) -> (x, logdet)`; `encode` and `decode` return the array alone.
 """
 import math
 
@@ -33,29 +32,22 @@ def standard_normal_log_prob(z):
 class Bijector(nn.Module):
   """A Linen bijector: subclasses define `forward` and `inverse` (see module docstring)."""
 
-  def forward_and_log_det(self, x, *args, **kwargs):
-    """Alias of `forward`: returns (y, log|det dy/dx|)."""
-    return self.forward(x, *args, **kwargs)
-
-  def inverse_and_log_det(self, y, *args, **kwargs):
-    """Alias of `inverse`: returns (x, log|det dx/dy|)."""
-    return self.inverse(y, *args, **kwargs)
-
 
 class Flow(nn.Module):
   """A whole flow x (B, H, W, C) <-> z (same shape) with prior N(0, I) on z.
 
-  Subclasses define `forward(x, y=None, dequantize=False) -> (z, logdet)`,
-  `inverse_and_log_det(z, y=None) -> (x, logdet)` and `log_prob`.
+  Subclasses define `forward(x, y=None, dequantize=False) -> (z, log|det dz/dx|)`,
+  `inverse(z, y=None) -> (x, log|det dx/dz|)` (the negated forward logdet at the matching
+  point; both (B,)) and `log_prob`.
   """
 
-  def forward_and_log_det(self, x, y=None, dequantize=False):
-    """Alias of `forward`: returns (z, log|det dz/dx|)."""
-    return self.forward(x, y, dequantize)
+  def encode(self, x, y=None):
+    """x (B, H, W, C) -> z (B, H, W, C): `forward` without dequantisation or logdet."""
+    return self.forward(x, y)[0]
 
-  def inverse(self, z, y=None):
-    """Decodes z (B, H, W, C) -> x (B, H, W, C)."""
-    return self.inverse_and_log_det(z, y)[0]
+  def decode(self, z, y=None):
+    """z (B, H, W, C) -> x (B, H, W, C): `inverse` without the logdet."""
+    return self.inverse(z, y)[0]
 
   def bits_per_dim(self, x, y=None, dequantize=True):
     """Discrete-data bits/dim of 8-bit images x, (B, H, W, C) -> (B,).

@@ -193,7 +193,7 @@ class DenseFlow(Flow):
     h, logdet = self._blocks(h, y, inverse=False)
     return h.reshape(x.shape), logdet
 
-  def inverse_and_log_det(self, z, y=None):
+  def inverse(self, z, y=None):
     """z (B, H, W, C) -> (x (B, H, W, C), log|det dx/dz| (B,)); exact inverse of forward."""
     self._check_inputs(z, y, 'z')
     h, logdet = self._blocks(z.reshape(z.shape[0], -1), y, inverse=True)

@@ -179,7 +179,7 @@ class Glow(Flow):
       h = unsqueeze(jnp.concatenate([h, z_level], axis=-1))
     return h, logdet
 
-  def inverse_and_log_det(self, z, y=None):
+  def inverse(self, z, y=None):
     """z (B, H, W, C) -> (x (B, H, W, C), log|det dx/dz| (B,)); exact inverse of forward."""
     self._check_inputs(z, y, 'z')
     h, latents = z, []

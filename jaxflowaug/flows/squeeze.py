@@ -1,7 +1,7 @@
-"""Squeeze: 2x2 space-to-depth and its inverse (Dinh et al. 2017, RealNVP)."""
-import jax.numpy as jnp
+"""Squeeze: 2x2 space-to-depth and its inverse (Dinh et al. 2017, RealNVP).
 
-from jaxflowaug.flows.bijector import Bijector
+A permutation of entries (logdet 0), so `Glow` calls these functions directly.
+"""
 
 
 def squeeze(x):
@@ -30,17 +30,3 @@ def unsqueeze(x):
   x = x.reshape(b, h, w, 2, 2, c4 // 4)
   return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, c4 // 4)
 
-
-class Squeeze(Bijector):
-  """Bijector form of `squeeze`: a permutation of entries, so logdet = 0 both ways.
-
-  forward: (B, H, W, C) -> (B, H/2, W/2, 4C);  inverse: the reverse.
-  """
-
-  def forward(self, x):
-    """Returns (squeeze(x), zeros (B,))."""
-    return squeeze(x), jnp.zeros((x.shape[0],), x.dtype)
-
-  def inverse(self, y):
-    """Returns (unsqueeze(y), zeros (B,))."""
-    return unsqueeze(y), jnp.zeros((y.shape[0],), y.dtype)
