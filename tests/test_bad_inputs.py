@@ -203,10 +203,10 @@ def test_flow_that_does_not_invert_is_refused(good, tmp_path, poison, limit, mat
 
 @pytest.mark.parametrize("field,value,match", [
     ("perturb__method", "magic", r"perturb\.method='magic' is unknown"),
-    ("perturb__norm", "l3", r"perturb\.norm must be one of \('linf', 'l2'\); got 'l3'"),
+    ("perturb__norm", "l3", r"perturb\.norm='l3' is unknown; use one of \('linf', 'l2'\)"),
     ("classifier__optimizer", "rmsprop", r"classifier\.optimizer='rmsprop' is unknown"),
-    ("perturb__eps", -0.1, r"perturb\.eps must be a finite number >= 0; got -0\.1"),
-    ("perturb__step_size", 0.0, r"perturb\.step_size must be a finite number > 0; got 0\.0"),
+    ("perturb__eps", -0.1, r"perturb\.eps=-0\.1 must be a finite number >= 0"),
+    ("perturb__step_size", 0.0, r"perturb\.step_size=0\.0 must be a finite number > 0"),
     ("perturb__steps", 0, r"perturb\.steps must be a Python int >= 1"),
     ("classifier__max_flow_reconstruction_error", 0.0,
      r"classifier\.max_flow_reconstruction_error=0\.0 must be > 0"),

@@ -4,7 +4,7 @@ import os
 import pytest
 
 from configs import cifar10_adv, cifar10_da, cifar10_standard, fmnist_adv, fmnist_standard
-from train import report, results
+from train import labels, report, results
 
 
 def _write(root, run, stage, config, **metrics):
@@ -149,17 +149,17 @@ def test_method_labels_match_the_papers_rows(module, change, label):
     for part in path:
       node = node[part]
     node[name] = value
-  assert report.method_label(config.to_dict()) == label
+  assert labels.method_label(config.to_dict()) == label
 
 
 def test_method_labels_name_the_generator_fraction_and_density_filter():
   config = fmnist_adv.get_config()
   config.perturb.update(generator="vaegan", fraction=0.5)
   config.vaegan.per_class = True
-  assert report.method_label(config.to_dict()) == (
+  assert labels.method_label(config.to_dict()) == (
       "A-LA linf ε 0.05 α 0.01 k 10 via VAE-GAN (per class) on 50% of each batch (no DA)")
   config = fmnist_adv.get_config()
   config.perturb.update(density_percentile=10.0, density_mode="shrink")
   config.classifier.augment.update(crop_flip=True, cutout=8, mixup_alpha=0.2)
-  assert report.method_label(config.to_dict()) == (
+  assert labels.method_label(config.to_dict()) == (
       "A-LA linf ε 0.05 α 0.01 k 10, density p10 shrink + Cutout + Mixup")

@@ -23,7 +23,7 @@ import numpy as np
 from absl import logging
 from flax import struct
 
-from jaxflowaug import data, parallel, perturb
+from jaxflowaug import data, flows, parallel, perturb
 from train import attack, checkpoint, input_pipeline, models
 
 FLOW, VAEGAN, CLASSIFIER = "flow", "vaegan", "classifier"  # the stages' directory names
@@ -50,10 +50,14 @@ class Generator:
     return self.module.apply(self.variables, z, self._y(y), method=self.module.decode)
 
   def log_prob(self, x: jax.Array, y: jax.Array) -> jax.Array:
-    """log p(x | y) (B,) under a flow (no dequantisation noise)."""
+    """log p(x | y) (B,) of images x (B, H, W, C) under a flow, as its distrax distribution
+    (`flows.as_distribution`; for a Glow this is the density of x itself, a constant
+    D log(256/255) below `Glow.log_prob`'s density of the dequantised image)."""
     if self.kind != FLOW:
       raise ValueError("log_prob needs a flow; a VAE-GAN has no tractable density.")
-    return self.module.apply(self.variables, x, self._y(y), method=self.module.log_prob)
+    dist = flows.as_distribution(self.module, self.variables, self._y(y),
+                                 image_shape=x.shape[1:])
+    return dist.log_prob(x)
 
 
 @struct.dataclass

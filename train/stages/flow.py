@@ -22,7 +22,7 @@ import optax
 from absl import logging
 from flax.training import train_state
 
-from jaxflowaug import data, parallel
+from jaxflowaug import data, flows, parallel
 from train import figures, frozen, input_pipeline, loop, models, results
 
 NAME = frozen.FLOW
@@ -97,9 +97,11 @@ def eval_step(variables: dict, batch: dict, key: jax.Array, flow: nn.Module) -> 
 
 def sample(variables: dict, key: jax.Array, flow: nn.Module, shape, temperature: float,
            labels: Optional[jax.Array]) -> jax.Array:
-  """x = F^-1(T * eps), eps ~ N(0, I) of `shape` (N, H, W, C); clipped to [0, 1]."""
-  z = temperature * jax.random.normal(key, shape)
-  return jnp.clip(flow.apply(variables, z, labels, method=flow.decode), 0.0, 1.0)
+  """x = F^-1(T * eps), eps ~ N(0, I): `shape` (N, H, W, C) samples of the flow as a distrax
+  distribution (`flows.as_distribution`), one per label if given; clipped to [0, 1]."""
+  dist = flows.as_distribution(flow, variables, labels, temperature, image_shape=shape[1:])
+  x = dist.sample(seed=key, sample_shape=() if labels is not None else shape[:1])
+  return jnp.clip(x, 0.0, 1.0)
 
 
 def evaluate(variables, flow, split, cfg, mesh, key) -> float:
