@@ -70,6 +70,26 @@ def test_flow_stage_writes_results_and_samples(flow_run):
   assert os.path.exists(os.path.join(workdir, "flow", "samples.png"))
   with open(os.path.join(workdir, "results.json")) as f:
     assert json.load(f)["val_bits_per_dim"] == out["val_bits_per_dim"]
+  tags = _event_tags(os.path.join(workdir, "flow"))  # what TensorBoard shows
+  assert {"train/bits_per_dim", "figures/samples", "config/text_summary",
+          "final/val_bits_per_dim"} <= tags
+
+
+def _event_tags(logdir):
+  """The summary tags in the TensorBoard event files under `logdir`."""
+  from tensorboardX.proto import event_pb2
+  tags = set()
+  for root, _, files in os.walk(logdir):
+    for name in files:
+      if name.startswith("events."):
+        with open(os.path.join(root, name), "rb") as f:
+          data = f.read()
+        while data:  # TFRecords: 8-byte length, 4-byte CRC, payload, 4-byte CRC
+          length = int.from_bytes(data[:8], "little")
+          event = event_pb2.Event.FromString(data[12:12 + length])
+          tags.update(v.tag for v in event.summary.value)
+          data = data[16 + length:]
+  return tags
 
 
 def test_flow_checkpoint_reloads_exactly_without_actnorm_reinit(flow_run, cifar_like):

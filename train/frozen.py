@@ -120,19 +120,20 @@ def load_vaegan(config: ml_collections.ConfigDict, workdir: str,
   return Generator(VAEGAN, module, parallel.replicate({"params": state["params"]}, mesh))
 
 
-def per_example(fn, gen: Generator, split: input_pipeline.Split, batch_size: int,
-                mesh) -> np.ndarray:
-  """fn(gen, x, y) (B, ...) over every image of `split`, as float32 numpy (N, ...)."""
+def per_example(fn, gen: Generator, split: input_pipeline.Split, batch_size: int, mesh,
+                desc: str) -> np.ndarray:
+  """fn(gen, x, y) (B, ...) over every image of `split`, as float32 numpy (N, ...), with a
+  progress bar named `desc`."""
   step = jax.jit(lambda g, b: fn(g, data.to_float(b["image"]), b["label"]))
   chunks = [parallel.gather(step(gen, batch))
-            for batch in input_pipeline.eval_batches(split, batch_size, mesh)]
+            for batch in input_pipeline.eval_batches(split, batch_size, mesh, desc)]
   return np.concatenate(chunks)[:len(split)].astype(np.float32)
 
 
 def log_densities(flow: Generator, split: input_pipeline.Split, batch_size: int,
                   mesh) -> np.ndarray:
   """log p(x | y) (N,) of every clean image of `split` under the flow."""
-  return per_example(Generator.log_prob, flow, split, batch_size, mesh)
+  return per_example(Generator.log_prob, flow, split, batch_size, mesh, "log-densities")
 
 
 def density_threshold(flow: Generator, split: input_pipeline.Split, percentile: float,
@@ -153,7 +154,7 @@ def encode_split(gen: Generator, split: input_pipeline.Split, batch_size: int,
   cached z is exactly the z the step would compute; it saves the encoder pass of every step.
   """
   logging.info("Caching the %s latents of %d training images...", gen.kind, len(split))
-  return per_example(Generator.encode, gen, split, batch_size, mesh)
+  return per_example(Generator.encode, gen, split, batch_size, mesh, "caching latents")
 
 
 def for_training(spec: attack.Spec, config: ml_collections.ConfigDict, workdir: str,

@@ -14,11 +14,12 @@ Images travel to the device as uint8 and become float32 in [0, 1] inside the jit
 """
 import dataclasses
 import os
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import jax
 import ml_collections
 import numpy as np
+import tqdm
 from absl import logging
 from jax.experimental import multihost_utils
 
@@ -121,10 +122,18 @@ class Loader:
     return parallel.global_batch(self.split.columns(idx), self.mesh)
 
 
-def eval_batches(split: Split, global_batch_size: int, mesh) -> Iterator[dict]:
-  """The whole split in order, in global batches; the last one padded, with `mask` 0 on padding."""
+def progress(iterable: Iterable, desc: Optional[str], total: Optional[int] = None) -> Iterable:
+  """`iterable` with a progress bar named `desc` on process 0 (none when `desc` is None)."""
+  return tqdm.tqdm(iterable, desc=desc, total=total, dynamic_ncols=True, leave=False,
+                   disable=desc is None or jax.process_index() != 0)
+
+
+def eval_batches(split: Split, global_batch_size: int, mesh,
+                 desc: Optional[str] = None) -> Iterator[dict]:
+  """The whole split in order, in global batches; the last one padded, with `mask` 0 on padding
+  (with a progress bar named `desc`, if given)."""
   n, per_process = len(split), parallel.process_batch_size(global_batch_size)
-  for start in range(0, n, global_batch_size):
+  for start in progress(range(0, n, global_batch_size), desc):
     rows = np.arange(start, start + global_batch_size)
     rows = rows[jax.process_index() * per_process:(jax.process_index() + 1) * per_process]
     mask = (rows < n).astype(np.float32)
@@ -146,11 +155,11 @@ def mean_over(step_fn: Callable[[dict, int], dict], split: Split, global_batch_s
   return {k: v / count for k, v in totals.items()}
 
 
-def map_batches(fn, split: Split, batch_size: int, mesh) -> dict:
+def map_batches(fn, split: Split, batch_size: int, mesh, desc: Optional[str] = None) -> dict:
   """`fn(index, global batch)` -> dict of per-example (B, ...) arrays, over the whole split in
   order, gathered from every process, concatenated and trimmed to len(split) (numpy)."""
   parts = [multihost_utils.process_allgather(fn(i, batch), tiled=True)
-           for i, batch in enumerate(eval_batches(split, batch_size, mesh))]
+           for i, batch in enumerate(eval_batches(split, batch_size, mesh, desc))]
   return {k: np.concatenate([p[k] for p in parts])[:len(split)] for k in parts[0]}
 
 

@@ -1,10 +1,13 @@
-"""Logging of one stage: TensorBoard events (tensorboardX, no TensorFlow), absl logs, progress bar.
+"""Logging: TensorBoard events (tensorboardX, no TensorFlow), absl logs, the training progress bar.
 
-Only process 0 writes events and shows the progress bar; every process logs.
+A stage's directory holds its events: the training and evaluation scalars (`MetricWriter`, the
+learning curves under 'eval/'), and, once it finishes (`summary`), its config as text and as
+hyperparameters beside its final metrics, and its figures as images. Only process 0 writes
+events and shows the progress bar; every process logs.
 """
 import logging as std_logging
 import os
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import jax
 import numpy as np
@@ -14,7 +17,7 @@ from tensorboardX import SummaryWriter
 
 
 class MetricWriter:
-  """Scalars to TensorBoard and the log; images (HWC float in [0, 1]) to TensorBoard."""
+  """Scalars to TensorBoard, the log and a progress bar over a stage's training steps."""
 
   def __init__(self, logdir: str, total_steps: int, initial_step: int = 0, desc: str = ""):
     self._main = jax.process_index() == 0
@@ -30,10 +33,6 @@ class MetricWriter:
     logging.info("step %d: %s", step, ", ".join(f"{k}={v:.5g}" for k, v in values.items()))
     self._bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in list(values.items())[:4]})
 
-  def image(self, step: int, name: str, image: np.ndarray) -> None:
-    if self._tb is not None:
-      self._tb.add_image(name, np.asarray(image), step, dataformats="HWC")
-
   def advance(self, steps: int = 1) -> None:
     self._bar.update(steps)
 
@@ -42,6 +41,40 @@ class MetricWriter:
     if self._tb is not None:
       self._tb.flush()
       self._tb.close()
+
+
+def _flatten(tree: Mapping, prefix: str = "") -> dict:
+  """Nested dicts -> {'a.b': leaf}."""
+  flat = {}
+  for k, v in tree.items():
+    name = f"{prefix}{k}"
+    flat.update(_flatten(v, name + ".") if isinstance(v, Mapping) else {name: v})
+  return flat
+
+
+def summary(logdir: str, config: Any, metrics: Mapping[str, Any],
+            images: Mapping[str, Optional[str]] = ()) -> None:
+  """A finished stage's TensorBoard record in `logdir` (process 0 only): the config as text
+  (TEXT tab) and as hyperparameters beside the stage's numeric final metrics (HPARAMS tab),
+  and the PNG files of `images` ({name: path or None}) as images 'figures/<name>' (IMAGES
+  tab)."""
+  if jax.process_index() != 0:
+    return
+  from PIL import Image  # the figures' own dependency
+  config_dict = config.to_dict()
+  hparams = {k: v if isinstance(v, (bool, int, float, str)) else str(v)
+             for k, v in _flatten(config_dict).items()}
+  numbers = {k: v for k, v in metrics.items() if k not in ("config", "versions", "curves")}
+  scalars = {f"final/{k}": float(v) for k, v in _flatten(numbers).items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+             and ".spec." not in k}
+  with SummaryWriter(logdir) as tb:
+    tb.add_text("config", "```\n" + str(config) + "\n```", 0)
+    tb.add_hparams(hparams, scalars, name="hparams")
+    for tag, path in dict(images).items():
+      if path and os.path.exists(path):
+        tb.add_image(f"figures/{tag}", np.asarray(Image.open(path).convert("RGB")), 0,
+                     dataformats="HWC")
 
 
 class _QuietLibraries(std_logging.Filter):

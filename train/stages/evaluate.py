@@ -92,7 +92,7 @@ def attack_step(state, batch: dict, key: jax.Array, eps, step_size, frozen_model
 
 
 def run_attack(step_fn, state, split: input_pipeline.Split, spec: attack.Spec, key: jax.Array,
-               frozen_models: frozen.Frozen, batch_size: int, mesh) -> dict:
+               frozen_models: frozen.Frozen, batch_size: int, mesh, desc: str = "") -> dict:
   """`step_fn` (the jitted `attack_step`) over the split, batch b with fold_in(key, b): its
   per-example outputs and `nonfinite_decodes`, summed over the batches (padding included)."""
   static, nonfinite = dataclasses.replace(spec, attack=spec.attack.static()), []
@@ -103,7 +103,7 @@ def run_attack(step_fn, state, split: input_pipeline.Split, spec: attack.Spec, k
     nonfinite.append(count)
     return out
 
-  out = input_pipeline.map_batches(one, split, batch_size, mesh)
+  out = input_pipeline.map_batches(one, split, batch_size, mesh, desc=f"attack {desc}")
   out["nonfinite_decodes"] = int(sum(int(parallel.to_host(c)) for c in nonfinite))
   return out
 
@@ -124,13 +124,21 @@ def feature_extractor(config: ml_collections.ConfigDict, model, state, mesh, bat
   if kind == "auto":
     kind = "inception" if fid.inception_available() else "classifier"
   if kind == "inception":
-    return kind, "", fid.InceptionFeatures()
+    inception = fid.InceptionFeatures()
+    chunk = 10 * inception.batch_size
+
+    def features(images: np.ndarray) -> np.ndarray:
+      starts = input_pipeline.progress(range(0, len(images), chunk), "Inception features")
+      return np.concatenate([inception(images[s:s + chunk]) for s in starts])
+
+    return kind, "", features
   step = jax.jit(lambda s, batch: fid.penultimate_features(
       model, {"params": s.params, "batch_stats": s.batch_stats}, data.to_float(batch["image"])))
 
   def extract(images: np.ndarray) -> np.ndarray:
     split = input_pipeline.Split(images, np.zeros(len(images), np.int32))
-    return input_pipeline.map_batches(lambda _, batch: {"f": step(state, batch)}, split, batch_size, mesh)["f"]
+    return input_pipeline.map_batches(lambda _, batch: {"f": step(state, batch)}, split,
+                                      batch_size, mesh, desc="features")["f"]
 
   return kind, "_classifier_features", extract
 
@@ -186,7 +194,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, datasets: input_pipelin
     frozen_models = frozen.Frozen(latent=flow if spec.attack.latent else None,
                                   density=flow if percentile > 0 else None, threshold=threshold)
     per_example = run_attack(step_fn, state, split, spec, jax.random.fold_in(key, i),
-                             frozen_models, batch_size, mesh)
+                             frozen_models, batch_size, mesh, desc=name)
     row = {"label": labels.attack_label(dataclasses.asdict(spec.attack)),
            "spec": dataclasses.asdict(spec.attack),
            "nonfinite_decodes": per_example.pop("nonfinite_decodes")}
