@@ -137,7 +137,8 @@ def _common() -> ml_collections.ConfigDict:
   c.perturb.step_size = 0.5
   c.perturb.steps = 3
   c.perturb.random_start = True
-  c.perturb.labels = "pred"            # 'pred': the classifier's own predictions; 'true'
+  c.perturb.labels = "pred"            # the attack's target: 'pred' = the classifier's argmax on
+                                       # the clean batch (authors: "avoid label leaking") | 'true'
   c.perturb.bn_mode = "train"          # classifier BatchNorm mode during the attack
   c.perturb.fraction = 1.0             # fraction of each batch replaced by perturbed images
   c.perturb.unroll = False             # unroll PGD's fori_loop (speed only; see perturb.pgd)
@@ -159,7 +160,8 @@ def _common() -> ml_collections.ConfigDict:
   c.evaluation.num_examples = 1000     # eval images (a seeded subset of data.eval_split); 0 = all
   c.evaluation.batch_size = 250        # global batch of the attack steps (clipped to num_examples)
   # (name, attack) pairs; method 'rla' | 'ala' (latent, through the frozen flow) | 'pgd' (image
-  # space), with true labels and the classifier in eval mode; random_start is optional (True).
+  # space), with the classifier in eval mode; optional: random_start (True) and labels ('pred', the
+  # classifier's clean predictions, as the authors' evaluation; or 'true').
   c.evaluation.attacks = (
       ("rla", dict(method="rla", norm="linf", eps=0.25)),
       ("ala", dict(method="ala", norm="l2", eps=1.0, step_size=0.5, steps=3)),
@@ -212,6 +214,7 @@ def fmnist() -> ml_collections.ConfigDict:
   c.vaegan.width = 32
   c.vaegan.epochs = 10.0
   c.perturb.norm = "linf"
+  # The authors' notebook attacks with the true labels (`conv_loss(preds, y)` in preprocess_adv).
   c.perturb.labels = "true"
   c.perturb.bn_mode = "eval"
   c.perturb.random_start = False

@@ -71,7 +71,8 @@ def from_perturb(p: ml_collections.ConfigDict) -> Optional[Spec]:
 
 def from_entries(config: ml_collections.ConfigDict) -> list:
   """`config.evaluation.attacks` as [(name, Spec)]: every entry perturbs all images, in the
-  flow's latent for 'rla'/'ala', with the classifier in eval mode; `labels` defaults to 'true'."""
+  flow's latent for 'rla'/'ala', with the classifier in eval mode; `labels` defaults to 'pred'
+  (the classifier's own clean predictions, as the authors' evaluation, flpert/pert.py:119-122)."""
   parsed = []
   for entry in config.evaluation.attacks:
     if (len(entry) != 2 or not isinstance(entry[0], str)
@@ -88,6 +89,6 @@ def from_entries(config: ml_collections.ConfigDict) -> list:
     missing = [k for k in ("method", "norm", "eps") if k not in fields]
     if missing:
       raise ValueError(f"{where}{missing[0]} is missing; every attack names method, norm, eps.")
-    fields.setdefault("labels", "true")
+    fields.setdefault("labels", "pred")
     parsed.append((name, Spec(_attack(fields, where))))
   return parsed
