@@ -55,6 +55,11 @@ def _common() -> ml_collections.ConfigDict:
                                        # instead of downloading them; '' = download
   c.data.train_split = "train"          # flow training set; classifier subset drawn from it
   c.data.eval_split = "test"           # a split; or '' = a held-out part of train_split (below)
+  # Reduced variants: keep a seeded class-balanced sample of this many images of train_split /
+  # eval_split (0 = all). Not a slice such as 'train[:256]': on a class-sorted source (the
+  # CIFAR-10 tar) that is one class.
+  c.data.max_train_examples = 0
+  c.data.max_eval_examples = 0
   c.data.holdout = 0                   # with eval_split '': images held out of train_split
                                        # (seeded, class-balanced), disjoint from every training
                                        # set (5000 for the CIFAR-10 tar of CIFAR10_TAR)
@@ -71,6 +76,12 @@ def _common() -> ml_collections.ConfigDict:
       remat="dots"))                   # speed/memory only, not in a checkpoint's identity:
                                        # what backprop keeps per step (flows.bijector.REMAT)
   c.flow.conditional = False
+  # Geometric augmentation of the flow's training batches (fields as classifier.augment; cutout
+  # and mixup are refused: a flow models images, not occluded or blended ones). The authors' flow
+  # sees its dataset's train transforms (conf/dataset/*.yaml): CIFAR pad-4 crop + flip (here),
+  # SVHN translate 0.1 (svhn_flow.py), Fashion-MNIST none (fmnist()). Part of the flow's identity.
+  c.flow.augment = ml_collections.ConfigDict(dict(
+      crop_flip=True, crop_pad=4, flip=True, translate=0.0, cutout=0, mixup_alpha=0.0))
   c.flow.checkpoint = ""               # workdir of a finished flow run; '' = this workdir's own
   c.flow.batch_size = 64
   c.flow.epochs = 250.0
@@ -78,10 +89,12 @@ def _common() -> ml_collections.ConfigDict:
   c.flow.weight_decay = 5e-5
   c.flow.warmup_samples = 500_000
   c.flow.max_grad_norm = 0.0           # 0 = no clipping (the authors clip nothing)
-  c.flow.init_batch_size = 512         # ActNorm's data-dependent init batch
+  c.flow.init_batch_size = 512         # ActNorm's data-dependent init batch: a seeded random
+                                       # sample (the authors: their first shuffled batch)
   c.flow.log_every = 100
   c.flow.checkpoint_every = 1000
-  c.flow.eval_examples = 0             # validation bits/dim on this many eval images; 0 = all
+  c.flow.eval_examples = 0             # validation bits/dim on this many eval images (seeded
+                                       # sample); 0 = all
   c.flow.recon_examples = 64
   c.flow.num_samples = 64
   c.flow.sample_temperature = 0.7
@@ -122,8 +135,9 @@ def _common() -> ml_collections.ConfigDict:
   c.classifier.checkpoint_every = 500
   c.classifier.eval_every_epochs = 10.0  # learning curves (Fig. 4)
   c.classifier.curves_train_accuracy = True
-  # Refuse a frozen flow whose max |F^-1(F(x)) - x| on the first flow.recon_examples training
-  # images exceeds this (pixels in [0, 1]: 1e-2 is 2.5 grey levels of 255).
+  # Refuse a frozen flow whose max |F^-1(F(x)) - x| on flow.recon_examples training images (a
+  # sample seeded by `seed`) exceeds this (pixels in [0, 1]: 1e-2 is 2.5 grey levels of 255);
+  # with flow.arch.authors_decode the decode is compared with the authors' a + b x instead.
   c.classifier.max_flow_reconstruction_error = 1e-2
   c.classifier.augment = ml_collections.ConfigDict(dict(
       crop_flip=False, crop_pad=4, flip=True, translate=0.0, cutout=0, mixup_alpha=0.0))
@@ -198,6 +212,7 @@ def fmnist() -> ml_collections.ConfigDict:
   c.flow.arch = ml_collections.ConfigDict(dict(num_blocks=12, hidden=512, clamp=2.0,
                                                noise_std=0.1, remat="none"))
   c.flow.conditional = True
+  c.flow.augment.crop_flip = False     # the notebook's flow trains on unaugmented images
   c.flow.epochs = 100.0
   c.flow.warmup_samples = 0
   c.classifier.model = "SmallCNN"
@@ -263,10 +278,11 @@ def finish(c: ml_collections.ConfigDict, arg=None) -> ml_collections.ConfigDict:
     return _cpu(c)
   if arg != "smoke":
     raise ValueError(f"Unknown config variant {arg!r}; use FILE.py, FILE.py:cpu or FILE.py:smoke.")
+  c.data.max_train_examples = 256
   if c.data.eval_split:
-    c.data.train_split, c.data.eval_split = "train[:256]", "test[:64]"
+    c.data.max_eval_examples = 64
   else:
-    c.data.train_split, c.data.holdout = "train[:256]", 64
+    c.data.max_train_examples, c.data.holdout = 256 + 64, 64
   c.data.train_size = 64
   c.data.train_fraction = 0.0
   c.flow.arch.update(_row(SMOKE_ARCH, c.flow.model, "smoke"))

@@ -57,7 +57,7 @@ def flow_dir(tiny, tmp_path_factory):
   mesh = parallel.make_mesh()
   state = jax.jit(lambda key, batch: flow_stage.create_train_state(
       flow, key, batch, flow_stage.create_optimizer(config.flow)))(
-          jax.random.PRNGKey(0), input_pipeline.first_rows(datasets.flow_train, 32, mesh))
+          jax.random.PRNGKey(0), input_pipeline.sample_rows(datasets.flow_train, 32, 0, mesh))
   workdir = str(tmp_path_factory.mktemp("flow"))
   ckpt = checkpoint.Checkpointer(
       os.path.join(workdir, "flow", "checkpoints"),

@@ -66,7 +66,7 @@ def test_flow_stage_writes_results_and_samples(flow_run):
     assert key in out
   assert np.isfinite(out["val_bits_per_dim"]) and 0 < out["val_bits_per_dim"] < 16
   assert out["max_reconstruction_error"] < 1e-4
-  assert out["steps"] == 256 // 32  # train[:256]; the smoke variant evaluates on test[:64]
+  assert out["steps"] == 256 // 32  # 256 training images; the smoke variant evaluates on 64
   assert os.path.exists(os.path.join(workdir, "flow", "samples.png"))
   with open(os.path.join(workdir, "results.json")) as f:
     assert json.load(f)["val_bits_per_dim"] == out["val_bits_per_dim"]

@@ -82,7 +82,7 @@ def load_flow(config: ml_collections.ConfigDict, workdir: str,
   """The frozen flow of `flow.checkpoint` (or of this workdir's flow stage), replicated.
 
   Raises if there is none, if it was trained for another architecture or data, or if its
-  max |F^-1(F(x)) - x| on the first `flow.recon_examples` training images exceeds
+  max |F^-1(F(x)) - x| on `flow.recon_examples` training images (a sample seeded by `seed`) exceeds
   `classifier.max_flow_reconstruction_error` (its perturbations would decode to images it never
   meant).
   """
@@ -94,7 +94,7 @@ def load_flow(config: ml_collections.ConfigDict, workdir: str,
       "flow.conditional and the data to match.")
   gen = Generator(FLOW, models.create_flow(config, datasets.num_classes),
                   parallel.replicate({"params": state["params"], **state["consts"]}, mesh))
-  batch = input_pipeline.first_rows(datasets.train, config.flow.recon_examples, mesh)
+  batch = input_pipeline.sample_rows(datasets.train, config.flow.recon_examples, config.seed, mesh)
   error = float(parallel.to_host(jax.jit(reconstruction_error)(gen, batch)))
   limit = config.classifier.max_flow_reconstruction_error
   if not error <= limit:

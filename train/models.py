@@ -2,8 +2,9 @@
 
 A stage's *identity* is the set of config fields that fix what it trains; a checkpoint stores
 it, and restoring or freezing a checkpoint of another identity is refused (train/checkpoint.py).
-Fields that change only speed or logging (`flow.arch.remat`, cadences, `perturb.unroll`) are
-left out, so changing them resumes the same run.
+Fields that change only speed or logging (`flow.arch.remat`, cadences, `perturb.unroll`) or how a
+trained model is used (`flow.arch.authors_decode`) are left out, so changing them resumes (or
+reuses) the same run.
 """
 from typing import Any
 
@@ -34,9 +35,11 @@ def create_flow(config: ml_collections.ConfigDict, num_classes: int) -> nn.Modul
 
 
 def flow_identity(config: ml_collections.ConfigDict, image_shape, num_classes: int) -> dict:
-  """What fixes a flow: its architecture (less `remat`) and the data it models."""
-  arch = {k: v for k, v in config.flow.arch.to_dict().items() if k != "remat"}
-  return {"model": config.flow.model, "arch": arch,
+  """What fixes a flow: its architecture (less the use-time `remat` and `authors_decode`), its
+  training augmentation and the data it models."""
+  arch = {k: v for k, v in config.flow.arch.to_dict().items()
+          if k not in ("remat", "authors_decode")}
+  return {"model": config.flow.model, "arch": arch, "augment": config.flow.augment.to_dict(),
           "conditional": bool(config.flow.conditional), "image_shape": list(image_shape),
           "num_classes": int(num_classes if config.flow.conditional else 0)}
 

@@ -62,12 +62,8 @@ def augment_batch(state, batch, key, frozen_models, *, model, config, spec, num_
   x, y = data.to_float(batch["image"]), batch["label"]
   cached = batch.get("latent")
 
-  def geometric(images):
-    if aug.crop_flip:
-      return augment.random_crop_flip(k_img, images, pad=aug.crop_pad, flip=aug.flip)
-    if aug.translate:
-      return augment.random_translate(k_img, images, max_frac=aug.translate)
-    return images
+  geometric = functools.partial(augment.geometric, k_img, crop_flip=aug.crop_flip,
+                                crop_pad=aug.crop_pad, flip=aug.flip, translate=aug.translate)
 
   if cached is None:
     x = geometric(x)
