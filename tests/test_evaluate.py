@@ -155,6 +155,33 @@ def _small_cnn_state(channels=3):
   return model, state
 
 
+def test_authors_decode_uses_the_same_flow_checkpoint_and_changes_table5_sizes(tiny, flow_dir):
+  """One flow checkpoint, read with flow.arch.authors_decode off and on: both pass the
+  invertibility guard (each against its own decode's target), and the authors' contrast
+  compression 0.05 + 0.9 x changes the R-LA perturbation sizes of Table 5."""
+  model, state = _small_cnn_state()
+  mesh = parallel.make_mesh()
+  spec = attack.Spec(perturb.Attack("rla", "linf", eps=0.25))
+  step_fn = jax.jit(lambda *a, spec: evaluate.attack_step(*a, model=model, spec=spec),
+                    static_argnames="spec")
+  sizes = {}
+  for authors in (False, True):
+    config = _config(tiny, ())
+    config.flow.checkpoint = flow_dir
+    config.flow.arch.authors_decode = authors
+    datasets = input_pipeline.load(config)
+    gen = frozen.load_flow(config, flow_dir, datasets, mesh)
+    assert gen.module.authors_decode == authors
+    batch = input_pipeline.sample_rows(datasets.eval, 16, 0, mesh)
+    x = data.to_float(batch["image"])
+    np.testing.assert_allclose(gen.decode(gen.encode(x, None), None),
+                               0.05 + 0.9 * (255 * x + 0.5) / 256 if authors else x, atol=1e-4)
+    out = evaluate.run_attack(step_fn, state, datasets.eval, spec, jax.random.PRNGKey(0),
+                              frozen.Frozen(latent=gen), 32, mesh)
+    sizes[authors] = evaluate.summarize_attack(1.0, out)
+  assert abs(sizes[True]["l2"] - sizes[False]["l2"]) > 0.05 * sizes[False]["l2"]
+
+
 def test_table5_norms_match_hand_computed_values():
   """One PGD step of size eps from x in [0.25, 0.75] never meets the [0, 1] box, so every
   example moves by exactly eps: ||d||_2 = eps for l2 (a normalised gradient step) and

@@ -9,7 +9,8 @@ ablation). `Frozen` is what a classifier step reads: the perturbed code, the den
 flow and its threshold; it is passed to jitted steps as an ordinary argument.
 
 A frozen flow must invert its own latents: `load_flow` refuses one whose max |F^-1(F(x)) - x|
-exceeds `classifier.max_flow_reconstruction_error`.
+(or, with `flow.arch.authors_decode`, its distance to the authors' decode a + b x) exceeds
+`classifier.max_flow_reconstruction_error`.
 """
 import functools
 import os
@@ -69,11 +70,21 @@ class Frozen:
   threshold: Any = 0.0
 
 
+def reconstruction_target(gen: Generator, x: jax.Array) -> jax.Array:
+  """What decode(encode(x)) should return for images x (B, H, W, C): x, or for a Glow with
+  `authors_decode` the authors' contrast-compressed a + b (255 x + 1/2) / 256
+  (`flows.authors_decoded`)."""
+  if gen.kind == FLOW and getattr(gen.module, "authors_decode", False):
+    return flows.authors_decoded(x, gen.module.logit_bound)
+  return x
+
+
 def reconstruction_error(gen: Generator, batch: dict) -> jax.Array:
-  """max |decode(encode(x)) - x| over a batch (exactness of the code, float32); inf if any
-  entry is NaN (XLA's max may skip NaNs)."""
+  """max |decode(encode(x)) - reconstruction_target(x)| over a batch (exactness of the code,
+  float32); inf if any entry is NaN (XLA's max may skip NaNs)."""
   x = data.to_float(batch["image"])
-  error = jnp.abs(gen.decode(gen.encode(x, batch["label"]), batch["label"]) - x)
+  error = jnp.abs(gen.decode(gen.encode(x, batch["label"]), batch["label"])
+                  - reconstruction_target(gen, x))
   return jnp.max(jnp.where(jnp.isnan(error), jnp.inf, error))
 
 
@@ -98,9 +109,11 @@ def load_flow(config: ml_collections.ConfigDict, workdir: str,
   error = float(parallel.to_host(jax.jit(reconstruction_error)(gen, batch)))
   limit = config.classifier.max_flow_reconstruction_error
   if not error <= limit:
+    target = ("the authors' decode a + b x (flow.arch.authors_decode=True)"
+              if config.flow.arch.get("authors_decode") else "x")
     raise ValueError(
-        f"The flow of {path!r} does not invert its own latents: max |F^-1(F(x)) - x| = {error:.3g} "
-        f"on {len(batch['label'])} training images exceeds "
+        f"The flow of {path!r} does not invert its own latents: max |F^-1(F(x)) - target| = "
+        f"{error:.3g}, target {target}, on {len(batch['label'])} training images exceeds "
         f"classifier.max_flow_reconstruction_error={limit}. Retrain the flow (lower "
         "flow.learning_rate or set flow.max_grad_norm), or raise "
         "classifier.max_flow_reconstruction_error if this error is acceptable.")
