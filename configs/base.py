@@ -121,6 +121,10 @@ def _common() -> ml_collections.ConfigDict:
   # mean/std: input standardisation inside the model (STANDARDIZE; set per dataset).
   c.classifier.arch = ml_collections.ConfigDict(dict(width=64, dtype="float32",
                                                      **STANDARDIZE["cifar10"]))
+  # BatchNorm of the training forward: 'train' (batch statistics, running ones updated) | 'eval'
+  # (frozen at the initial running statistics, mean 0 / var 1: the Fashion-MNIST notebook's A-LA
+  # classifier, see fig5_fmnist.py:notebook).
+  c.classifier.train_bn_mode = "train"
   c.classifier.optimizer = "sgd"
   c.classifier.learning_rate = 0.1
   c.classifier.momentum = 0.9
@@ -154,6 +158,11 @@ def _common() -> ml_collections.ConfigDict:
   c.perturb.labels = "pred"            # the attack's target: 'pred' = the classifier's argmax on
                                        # the clean batch (authors: "avoid label leaking") | 'true'
   c.perturb.bn_mode = "train"          # classifier BatchNorm mode during the attack
+  # 'keep': the running statistics moved by the attack's train-mode passes (the clean pass of
+  # labels 'pred', then each of the k PGD/A-LA passes) stay, in that order, before the training
+  # forward (the authors' CIFAR training: all run on the module in train mode); 'discard': only
+  # the training forward moves them. Needs bn_mode 'train'.
+  c.perturb.bn_update = "keep"
   c.perturb.fraction = 1.0             # fraction of each batch replaced by perturbed images
   c.perturb.unroll = False             # unroll PGD's fori_loop (speed only; see perturb.pgd)
   # Encode the training images once (z = F(x), deterministic) and skip the flow's forward pass
@@ -231,7 +240,8 @@ def fmnist() -> ml_collections.ConfigDict:
   c.perturb.norm = "linf"
   # The authors' notebook attacks with the true labels (`conv_loss(preds, y)` in preprocess_adv).
   c.perturb.labels = "true"
-  c.perturb.bn_mode = "eval"
+  c.perturb.bn_mode = "eval"           # the notebook's A-LA calls .eval() on the classifier
+  c.perturb.bn_update = "discard"      # (nothing to keep: eval-mode passes move no statistics)
   c.perturb.random_start = False
   c.evaluation.attacks = (
       ("rla", dict(method="rla", norm="linf", eps=0.15)),

@@ -190,16 +190,21 @@ def perturb_batch(state: models.ClassifierState, x: jax.Array, y: jax.Array, key
                   z: Optional[jax.Array] = None):
   """`perturb.perturb_batch` of the batch against the classifier at its current weights, in the
   code of `frozen_models.latent` (R-LA, A-LA; `z` its cached latents) with the density filter of
-  `frozen_models.density`. Returns (x~, count of non-finite decodes, kept (B,))."""
-  logits = functools.partial(models.classify, model, state.params, state.batch_stats,
-                             train=spec.bn_mode == "train")
+  `frozen_models.density`, BatchNorm in `spec.bn_mode`.
+
+  Returns (x~, count of non-finite decodes, kept (B,), batch_stats): the classifier's BatchNorm
+  running statistics after every train-mode pass of the attack in order (clean pass, k attack
+  passes) for `spec.bn_update` 'keep', else `state.batch_stats` unchanged."""
+  train = spec.bn_mode == "train"
+  logits = lambda images, stats: models.classify(model, state.params, stats, images, train)
   latent, density = frozen_models.latent, frozen_models.density
-  return perturb.perturb_batch(
+  x_t, nonfinite, kept, stats = perturb.perturb_batch(
       key, x, y, spec.attack, logits,
       encode=None if latent is None else lambda images: latent.encode(images, y),
       decode=None if latent is None else lambda codes: latent.decode(codes, y),
       log_prob=None if density is None else lambda images: density.log_prob(images, y),
-      z=z, threshold=frozen_models.threshold)
+      z=z, threshold=frozen_models.threshold, carry=state.batch_stats)
+  return x_t, nonfinite, kept, stats if spec.bn_update == "keep" else state.batch_stats
 
 
 def load_classifier(config: ml_collections.ConfigDict, workdir: str,

@@ -104,20 +104,22 @@ def classifier_identity(config: ml_collections.ConfigDict) -> dict:
   return keep
 
 
-def classify(model: nn.Module, params, batch_stats, x: jax.Array, train: bool) -> jax.Array:
-  """Classifier logits (B, K); in train mode BatchNorm uses batch statistics (updates
-  discarded)."""
+def classify(model: nn.Module, params, batch_stats, x: jax.Array, train: bool):
+  """(logits (B, K), batch_stats after the pass): in train mode BatchNorm normalises with the
+  batch's statistics and moves its running statistics towards them (the second output); in
+  eval mode it uses the running statistics and returns them unchanged."""
   variables = {"params": params, "batch_stats": batch_stats}
   if train:
-    return model.apply(variables, x, train=True, mutable=["batch_stats"])[0]
-  return model.apply(variables, x, train=False)
+    logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    return logits, updates["batch_stats"]
+  return model.apply(variables, x, train=False), batch_stats
 
 
 def classifier_eval_step(state: ClassifierState, batch: dict, model: nn.Module) -> dict:
   """Sums of correct predictions ('accuracy') and loss over the unmasked rows, and their
   'count' (BatchNorm in eval mode), for `input_pipeline.mean_over`."""
-  logits = classify(model, state.params, state.batch_stats,
-                    data.to_float(batch["image"]), train=False)
+  logits, _ = classify(model, state.params, state.batch_stats,
+                       data.to_float(batch["image"]), train=False)
   correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
   return {"accuracy": jnp.sum(correct * batch["mask"]), "loss": jnp.sum(loss * batch["mask"]),
