@@ -96,7 +96,8 @@ def augment_images(key: jax.Array, batch: dict, aug: ml_collections.ConfigDict) 
 def train_step(state: FlowState, batch: dict, key: jax.Array, flow: nn.Module,
                aug: ml_collections.ConfigDict):
   """One optimiser step on the mean bits/dim of the augmented batch (`augment_images`)."""
-  dequant_key, aug_key = jax.random.split(jax.random.fold_in(key, state.step))
+  dequant_key = jax.random.fold_in(key, state.step)
+  aug_key = jax.random.fold_in(dequant_key, 1)
   x, y = augment_images(aug_key, batch, aug), _labels(flow, batch)
 
   def loss_fn(params):
