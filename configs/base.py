@@ -133,7 +133,8 @@ def _common() -> ml_collections.ConfigDict:
   c.classifier.weight_decay = 5e-4
   c.classifier.lr_boundaries = (60, 120, 160)  # epochs
   c.classifier.lr_decay = 0.2
-  c.classifier.batch_size = 128
+  c.classifier.batch_size = 128        # the last partial batch of an epoch is dropped (2,500
+                                       # images: 19 steps, the authors' DataLoader takes 20)
   c.classifier.epochs = 200.0
   c.classifier.eval_batch_size = 500
   c.classifier.log_every = 50

@@ -204,9 +204,10 @@ def evaluation_sections(runs: dict) -> list:
     # The paper's numbers stand beside ours only at its sizes (the whole test split, and for
     # FID against the whole training set); otherwise the column says ours are samples.
     cifar = dataset == "CIFAR-10"
-    full_eval = cifar and config["evaluation"]["num_examples"] == 0
-    full_fid = full_eval and config["evaluation"]["fid_examples"] == 0
-    sampled = (f"not comparable: {out['num_examples']} test images, "
+    sizes = config.get("evaluation", {})
+    full_eval = cifar and sizes.get("num_examples") == 0
+    full_fid = full_eval and sizes.get("fid_examples") == 0
+    sampled = (f"not comparable: {out.get('num_examples')} test images, "
                f"{out.get('fid_reference_examples')} training images for FID")
     inception = out.get("fid_features") == "inception"
     suffix = "" if inception else "_classifier_features"
