@@ -45,7 +45,7 @@ def measure_flow(name, config, shape, batch_size, repeats=3) -> list:
                         variables, x, items=batch_size, repeats=repeats)
   inv = harness.measure(f"{name} inverse", lambda v, z: flow.apply(v, z, y, method=flow.decode),
                         variables, z, items=batch_size, repeats=repeats)
-  step = functools.partial(flow_stage.train_step, flow=flow)
+  step = functools.partial(flow_stage.train_step, flow=flow, aug=config.flow.augment)
   train = harness.measure(f"{name} train step", step, state, batch, jax.random.PRNGKey(1),
                           items=batch_size, repeats=repeats,
                           carry=lambda out, args: (out[0],) + args[1:])
@@ -64,7 +64,7 @@ def compile_vs_depth(depths=(4, 8, 16, 32), hidden=64) -> list:
     state = jax.jit(lambda b: flow_stage.create_train_state(
         flow, jax.random.PRNGKey(0), b, tx))(batch)
     m = harness.measure(f"Glow 3x{k}x{hidden} train step", functools.partial(
-        flow_stage.train_step, flow=flow), state, batch, jax.random.PRNGKey(1), items=8,
+        flow_stage.train_step, flow=flow, aug=config.flow.augment), state, batch, jax.random.PRNGKey(1), items=8,
                         repeats=1, carry=lambda out, args: (out[0],) + args[1:])
     rows.append({"depth": k, "compile_s": m.compile_seconds, "step_s": m.seconds})
   return rows

@@ -16,6 +16,20 @@ CIFAR10 = "cifar10"
 CIFAR10_TAR = "folder:../shared/data/cifar10-jpeg-train.tar.xz"
 FMNIST_IDX = "idx:../shared/data/fashion-mnist"
 
+# Per-channel input standardisation of the ResNet-18 (classifier.arch.mean/std), each dataset its
+# own, as the authors' conf/dataset/{cifar10,cifar100,svhn}.yaml:4-5.
+STANDARDIZE = {
+    "cifar10": dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)),
+    "cifar100": dict(mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761)),
+    "svhn": dict(mean=(0.4376821, 0.4437697, 0.47280442),
+                 std=(0.19803012, 0.20101562, 0.19703614)),
+}
+
+
+def standardize(dataset: str) -> dict:
+  """Sweep overrides {classifier.arch.mean, classifier.arch.std} of `dataset`."""
+  return {f"classifier.arch.{k}": v for k, v in STANDARDIZE[dataset].items()}
+
 
 def _common() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -41,6 +55,11 @@ def _common() -> ml_collections.ConfigDict:
                                        # instead of downloading them; '' = download
   c.data.train_split = "train"          # flow training set; classifier subset drawn from it
   c.data.eval_split = "test"           # a split; or '' = a held-out part of train_split (below)
+  # Reduced variants: keep a seeded class-balanced sample of this many images of train_split /
+  # eval_split (0 = all). Not a slice such as 'train[:256]': on a class-sorted source (the
+  # CIFAR-10 tar) that is one class.
+  c.data.max_train_examples = 0
+  c.data.max_eval_examples = 0
   c.data.holdout = 0                   # with eval_split '': images held out of train_split
                                        # (seeded, class-balanced), disjoint from every training
                                        # set (5000 for the CIFAR-10 tar of CIFAR10_TAR)
@@ -57,17 +76,26 @@ def _common() -> ml_collections.ConfigDict:
       remat="dots"))                   # speed/memory only, not in a checkpoint's identity:
                                        # what backprop keeps per step (flows.bijector.REMAT)
   c.flow.conditional = False
+  # Geometric augmentation of the flow's training batches (fields as classifier.augment; cutout
+  # and mixup are refused: a flow models images, not occluded or blended ones). The authors' flow
+  # sees its dataset's train transforms (conf/dataset/*.yaml): CIFAR pad-4 crop + flip (here),
+  # SVHN translate 0.1 (svhn_flow.py), Fashion-MNIST none (fmnist()). Part of the flow's identity.
+  c.flow.augment = ml_collections.ConfigDict(dict(
+      crop_flip=True, crop_pad=4, flip=True, translate=0.0, cutout=0, mixup_alpha=0.0))
   c.flow.checkpoint = ""               # workdir of a finished flow run; '' = this workdir's own
+  c.flow.optimizer = "adamax"          # 'adamax' (the authors' Glow) | 'adam' (their FMNIST notebook)
   c.flow.batch_size = 64
   c.flow.epochs = 250.0
   c.flow.learning_rate = 5e-4
   c.flow.weight_decay = 5e-5
   c.flow.warmup_samples = 500_000
   c.flow.max_grad_norm = 0.0           # 0 = no clipping (the authors clip nothing)
-  c.flow.init_batch_size = 512         # ActNorm's data-dependent init batch
+  c.flow.init_batch_size = 512         # ActNorm's data-dependent init batch: a seeded random
+                                       # sample (the authors: their first shuffled batch)
   c.flow.log_every = 100
   c.flow.checkpoint_every = 1000
-  c.flow.eval_examples = 0             # validation bits/dim on this many eval images; 0 = all
+  c.flow.eval_examples = 0             # validation bits/dim on this many eval images (seeded
+                                       # sample); 0 = all
   c.flow.recon_examples = 64
   c.flow.num_samples = 64
   c.flow.sample_temperature = 0.7
@@ -91,7 +119,13 @@ def _common() -> ml_collections.ConfigDict:
   c.classifier = ml_collections.ConfigDict()
   c.classifier.model = "ResNet18"
   # dtype: computation dtype ('bfloat16' on GPU/TPU halves memory traffic; params stay float32).
-  c.classifier.arch = ml_collections.ConfigDict(dict(width=64, dtype="float32"))
+  # mean/std: input standardisation inside the model (STANDARDIZE; set per dataset).
+  c.classifier.arch = ml_collections.ConfigDict(dict(width=64, dtype="float32",
+                                                     **STANDARDIZE["cifar10"]))
+  # BatchNorm of the training forward: 'train' (batch statistics, running ones updated) | 'eval'
+  # (frozen at the initial running statistics, mean 0 / var 1: the Fashion-MNIST notebook's A-LA
+  # classifier, see fig5_fmnist.py:notebook).
+  c.classifier.train_bn_mode = "train"
   c.classifier.optimizer = "sgd"
   c.classifier.learning_rate = 0.1
   c.classifier.momentum = 0.9
@@ -99,15 +133,17 @@ def _common() -> ml_collections.ConfigDict:
   c.classifier.weight_decay = 5e-4
   c.classifier.lr_boundaries = (60, 120, 160)  # epochs
   c.classifier.lr_decay = 0.2
-  c.classifier.batch_size = 128
+  c.classifier.batch_size = 128        # the last partial batch of an epoch is dropped (2,500
+                                       # images: 19 steps, the authors' DataLoader takes 20)
   c.classifier.epochs = 200.0
   c.classifier.eval_batch_size = 500
   c.classifier.log_every = 50
   c.classifier.checkpoint_every = 500
   c.classifier.eval_every_epochs = 10.0  # learning curves (Fig. 4)
   c.classifier.curves_train_accuracy = True
-  # Refuse a frozen flow whose max |F^-1(F(x)) - x| on the first flow.recon_examples training
-  # images exceeds this (pixels in [0, 1]: 1e-2 is 2.5 grey levels of 255).
+  # Refuse a frozen flow whose max |F^-1(F(x)) - x| on flow.recon_examples training images (a
+  # sample seeded by `seed`) exceeds this (pixels in [0, 1]: 1e-2 is 2.5 grey levels of 255);
+  # with flow.arch.authors_decode the decode is compared with the authors' a + b x instead.
   c.classifier.max_flow_reconstruction_error = 1e-2
   c.classifier.augment = ml_collections.ConfigDict(dict(
       crop_flip=False, crop_pad=4, flip=True, translate=0.0, cutout=0, mixup_alpha=0.0))
@@ -121,8 +157,14 @@ def _common() -> ml_collections.ConfigDict:
   c.perturb.step_size = 0.5
   c.perturb.steps = 3
   c.perturb.random_start = True
-  c.perturb.labels = "pred"            # 'pred': the classifier's own predictions; 'true'
+  c.perturb.labels = "pred"            # the attack's target: 'pred' = the classifier's argmax on
+                                       # the clean batch (authors: "avoid label leaking") | 'true'
   c.perturb.bn_mode = "train"          # classifier BatchNorm mode during the attack
+  # 'keep': the running statistics moved by the attack's train-mode passes (the clean pass of
+  # labels 'pred', then each of the k PGD/A-LA passes) stay, in that order, before the training
+  # forward (the authors' CIFAR training: all run on the module in train mode); 'discard': only
+  # the training forward moves them. Needs bn_mode 'train'.
+  c.perturb.bn_update = "keep"
   c.perturb.fraction = 1.0             # fraction of each batch replaced by perturbed images
   c.perturb.unroll = False             # unroll PGD's fori_loop (speed only; see perturb.pgd)
   # Encode the training images once (z = F(x), deterministic) and skip the flow's forward pass
@@ -140,10 +182,12 @@ def _common() -> ml_collections.ConfigDict:
   # The 'evaluate' stage (train/evaluate.py; also `python -m train.evaluate`): the classifier of
   # this workdir on data.eval_split, clean and under attack (Tables 4-6, Figs. 3-4).
   c.evaluation = ml_collections.ConfigDict()
-  c.evaluation.num_examples = 1000     # eval images (a seeded subset of data.eval_split); 0 = all
+  c.evaluation.num_examples = 0        # eval images (a seeded subset of data.eval_split); 0 = all
+                                       # (the paper's Table 6; :cpu uses 1000, :smoke 64)
   c.evaluation.batch_size = 250        # global batch of the attack steps (clipped to num_examples)
   # (name, attack) pairs; method 'rla' | 'ala' (latent, through the frozen flow) | 'pgd' (image
-  # space), with true labels and the classifier in eval mode; random_start is optional (True).
+  # space), with the classifier in eval mode; optional: random_start (True) and labels ('pred', the
+  # classifier's clean predictions, as the authors' evaluation; or 'true').
   c.evaluation.attacks = (
       ("rla", dict(method="rla", norm="linf", eps=0.25)),
       ("ala", dict(method="ala", norm="l2", eps=1.0, step_size=0.5, steps=3)),
@@ -153,7 +197,9 @@ def _common() -> ml_collections.ConfigDict:
                                        # 'classifier' (its penultimate features; reported as
                                        # fid_classifier_features, not FID) | 'auto' (inception if
                                        # installed)
-  c.evaluation.fid_examples = 5000     # training images (seeded subset) for FID/KID; 0 = all
+  c.evaluation.fid_examples = 0        # training images (seeded subset) for FID/KID; 0 = all (the
+                                       # paper's Table 4; :cpu uses 5000, :smoke 64). The report
+                                       # shows the paper's numbers only at full sizes.
   c.evaluation.kid_subset_size = 1000  # KID subset size m (clipped to the smaller set)
   c.evaluation.kid_subsets = 100       # KID subset draws
   c.evaluation.grid_examples = 8       # columns of the Fig. 3 sample grid
@@ -180,7 +226,10 @@ def fmnist() -> ml_collections.ConfigDict:
   c.flow.arch = ml_collections.ConfigDict(dict(num_blocks=12, hidden=512, clamp=2.0,
                                                noise_std=0.1, remat="none"))
   c.flow.conditional = True
+  c.flow.augment.crop_flip = False     # the notebook's flow trains on unaugmented images
   c.flow.epochs = 100.0
+  # Kept: Adamax lr 5e-4, wd 5e-5, batch 64, as the CIFAR Glow. The notebook's Adam at lr 1e-6
+  # (batch 100, no weight decay) barely moves a flow in 100 epochs; fig5_fmnist_notebook.py runs it.
   c.flow.warmup_samples = 0
   c.classifier.model = "SmallCNN"
   c.classifier.arch = ml_collections.ConfigDict(dict(dtype="float32"))
@@ -192,12 +241,17 @@ def fmnist() -> ml_collections.ConfigDict:
   c.classifier.batch_size = 100
   c.classifier.epochs = 20.0
   c.classifier.eval_every_epochs = 1.0
+  # Kept: BatchNorm in train mode in the training forward (classifier.train_bn_mode). The
+  # notebook's A-LA classifier trains with it frozen at init (its attack's .eval() is never
+  # undone), a bug rather than a choice; fig5_fmnist_notebook.py reproduces it.
   c.vaegan.latent_dim = 10             # Stutz et al.'s Fashion-MNIST code size
   c.vaegan.width = 32
   c.vaegan.epochs = 10.0
   c.perturb.norm = "linf"
+  # The authors' notebook attacks with the true labels (`conv_loss(preds, y)` in preprocess_adv).
   c.perturb.labels = "true"
-  c.perturb.bn_mode = "eval"
+  c.perturb.bn_mode = "eval"           # the notebook's A-LA calls .eval() on the classifier
+  c.perturb.bn_update = "discard"      # (nothing to keep: eval-mode passes move no statistics)
   c.perturb.random_start = False
   c.evaluation.attacks = (
       ("rla", dict(method="rla", norm="linf", eps=0.15)),
@@ -244,10 +298,11 @@ def finish(c: ml_collections.ConfigDict, arg=None) -> ml_collections.ConfigDict:
     return _cpu(c)
   if arg != "smoke":
     raise ValueError(f"Unknown config variant {arg!r}; use FILE.py, FILE.py:cpu or FILE.py:smoke.")
+  c.data.max_train_examples = 256
   if c.data.eval_split:
-    c.data.train_split, c.data.eval_split = "train[:256]", "test[:64]"
+    c.data.max_eval_examples = 64
   else:
-    c.data.train_split, c.data.holdout = "train[:256]", 64
+    c.data.max_train_examples, c.data.holdout = 256 + 64, 64
   c.data.train_size = 64
   c.data.train_fraction = 0.0
   c.flow.arch.update(_row(SMOKE_ARCH, c.flow.model, "smoke"))
@@ -258,6 +313,7 @@ def finish(c: ml_collections.ConfigDict, arg=None) -> ml_collections.ConfigDict:
   c.classifier.arch.update(_row(SMOKE_ARCH, c.classifier.model, "smoke"))
   c.classifier.update(batch_size=16, epochs=1.0, eval_batch_size=32, log_every=2,
                       checkpoint_every=2, eval_every_epochs=1.0)
+  c.evaluation.update(num_examples=64, fid_examples=64)
   return c
 
 
@@ -274,6 +330,7 @@ def _cpu(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     scale = clf["epochs"] / c.classifier.epochs
     c.classifier.lr_boundaries = tuple(int(e * scale) for e in c.classifier.lr_boundaries)
   c.classifier.update(clf)
+  c.evaluation.update(num_examples=1000, fid_examples=5000)
   return c
 
 

@@ -10,5 +10,4 @@ def get_config(arg=None):
   c.perturb.eps = 0.03
   c.perturb.step_size = 0.008
   c.perturb.steps = 10
-  c.perturb.labels = "true"
   return base.finish(c, arg)

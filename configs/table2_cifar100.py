@@ -7,7 +7,7 @@ from configs import base
 
 CIFAR100 = {"data.source": "cifar100", "data.train_split": "train",
             "data.eval_split": "test", "data.train_size": 0, "data.train_fraction": 0.1,
-            "flow.checkpoint": "@flow"}
+            "flow.checkpoint": "@flow", **base.standardize("cifar100")}
 
 
 def get_config(arg=None):

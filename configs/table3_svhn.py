@@ -11,7 +11,8 @@ SVHN = {"data.source": "svhn", "data.train_split": "train",
         "data.eval_split": "test", "data.train_size": 0, "data.train_fraction": 0.05,
         "classifier.epochs": 120.0, "classifier.weight_decay": 1e-4,
         "classifier.lr_boundaries": (30, 60, 90), "classifier.lr_decay": 0.1,
-        "classifier.augment.crop_flip": False, "classifier.augment.translate": 0.1}
+        "classifier.augment.crop_flip": False, "classifier.augment.translate": 0.1,
+        **base.standardize("svhn")}
 
 
 def get_config(arg=None):

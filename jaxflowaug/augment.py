@@ -94,6 +94,18 @@ def random_translate(key, x, *, max_frac: float = 0.1):
   return _shift_crop(x, offsets, m_h, m_w, 'constant')
 
 
+def geometric(key, x, *, crop_flip: bool = False, crop_pad: int = 4, flip: bool = True,
+              translate: float = 0.0):
+  """The geometric augmentation of a config's `augment` fields: `random_crop_flip(pad=crop_pad,
+  flip=flip)` if `crop_flip`, else `random_translate(max_frac=translate)` if `translate` > 0,
+  else x unchanged. (N, H, W, C) -> (N, H, W, C)."""
+  if crop_flip:
+    return random_crop_flip(key, x, pad=crop_pad, flip=flip)
+  if translate:
+    return random_translate(key, x, max_frac=translate)
+  return x
+
+
 def cutout(key, x, *, size: int):
   """Cutout (DeVries & Taylor 2017): zero a size x size square per image.
 

@@ -14,7 +14,7 @@ All functions are pure and jittable. `eps`, `step_size` and `fraction` may be Py
 or traced scalars; `steps`, `norm` and `method` are static Python values.
 """
 import dataclasses
-from typing import Callable, Optional, Tuple, Union
+from typing import Any, Callable, Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -79,7 +79,7 @@ def uniform_start(key: jax.Array, shape: Tuple[int, ...], eps, norm: str) -> jnp
 def pgd(loss_fn: Callable[[jnp.ndarray], jnp.ndarray], delta0: jnp.ndarray, *, eps,
         step_size, steps: int, norm: str,
         bounds: Optional[Tuple[jnp.ndarray, jnp.ndarray]] = None,
-        unroll: Union[int, bool] = False) -> jnp.ndarray:
+        unroll: Union[int, bool] = False, carry: Any = None):
   """Projected gradient ascent on the scalar `loss_fn(delta)` within the ε-ball.
 
   For j = 1..steps, with g = ∇_δ loss_fn(δʲ⁻¹) (non-finite entries of g set to 0 so that
@@ -105,19 +105,24 @@ def pgd(loss_fn: Callable[[jnp.ndarray], jnp.ndarray], delta0: jnp.ndarray, *, e
     norm: "linf" or "l2".
     bounds: optional (lo, hi) arrays broadcastable to δ, elementwise box on δ.
     unroll: `jax.lax.fori_loop`'s unroll (static).
+    carry: optional state threaded through the k loss evaluations in order (e.g. a classifier's
+      BatchNorm running statistics, updated by each train-mode pass): then
+      `loss_fn(δ, carry) -> (loss, carry)`, no gradient through the carry.
 
   Returns:
-    δᵏ, same shape and dtype as `delta0`.
+    δᵏ, same shape and dtype as `delta0`; with `carry`, (δᵏ, the carry after the k passes).
 
   Raises:
     ValueError: for an unknown `norm` or `steps` < 1.
   """
   _check_norm(norm)
   _check_steps(steps)
-  grad_fn = jax.grad(loss_fn)
+  stateful = loss_fn if carry is not None else lambda d, c: (loss_fn(d), c)
+  grad_fn = jax.grad(stateful, has_aux=True)
 
-  def step(_, delta):
-    g = grad_fn(delta)
+  def step(_, state):
+    delta, c = state
+    g, c = grad_fn(delta, c)
     g = jnp.where(jnp.isfinite(g), g, 0.0)
     if norm == 'linf':
       direction = jnp.sign(g)
@@ -126,14 +131,16 @@ def pgd(loss_fn: Callable[[jnp.ndarray], jnp.ndarray], delta0: jnp.ndarray, *, e
     delta = project(delta + step_size * direction, eps, norm)
     if bounds is not None:
       delta = jnp.clip(delta, *bounds)
-    return delta.astype(delta0.dtype)
+    return delta.astype(delta0.dtype), c
 
-  return jax.lax.fori_loop(0, steps, step, delta0, unroll=unroll)
+  delta, c = jax.lax.fori_loop(0, steps, step, (delta0, () if carry is None else carry),
+                               unroll=unroll)
+  return delta if carry is None else (delta, c)
 
 
 def image_pgd(loss_fn: Callable[[jnp.ndarray], jnp.ndarray], x: jnp.ndarray, key: jax.Array,
               *, eps, step_size, steps: int, norm: str, random_start: bool = True,
-              unroll: Union[int, bool] = False) -> jnp.ndarray:
+              unroll: Union[int, bool] = False, carry: Any = None):
   """Image-space PGD (Madry et al.): x_adv = x + δᵏ maximising `loss_fn(x + δ)`.
 
   δ⁰ = clip(uniform_start, -x, 1 - x) if `random_start` else 0; each step projects onto
@@ -143,19 +150,22 @@ def image_pgd(loss_fn: Callable[[jnp.ndarray], jnp.ndarray], x: jnp.ndarray, key
     loss_fn: maps images (B, H, W, C) to a scalar, summed over the batch.
     x: clean images (B, H, W, C) in [0, 1].
     key: PRNG key for the random start.
-    unroll: passed to `pgd`.
+    unroll, carry: passed to `pgd` (with `carry`, loss_fn(images, carry) -> (loss, carry)).
 
   Returns:
-    x_adv (B, H, W, C) in [0, 1] with ‖x_adv_b - x_b‖ ≤ ε, no gradient (stop_gradient).
+    x_adv (B, H, W, C) in [0, 1] with ‖x_adv_b - x_b‖ ≤ ε, no gradient (stop_gradient); with
+    `carry`, (x_adv, carry).
   """
   bounds = (-x, 1.0 - x)
   if random_start:
     delta0 = jnp.clip(uniform_start(key, x.shape, eps, norm), *bounds)
   else:
     delta0 = jnp.zeros_like(x)
-  delta = pgd(lambda d: loss_fn(x + d), delta0, eps=eps, step_size=step_size, steps=steps,
-              norm=norm, bounds=bounds, unroll=unroll)
-  return jax.lax.stop_gradient(jnp.clip(x + delta, 0.0, 1.0))
+  out = pgd(lambda d, *c: loss_fn(x + d, *c), delta0, eps=eps, step_size=step_size,
+            steps=steps, norm=norm, bounds=bounds, unroll=unroll, carry=carry)
+  delta, carry = out if carry is not None else (out, None)
+  x_adv = jax.lax.stop_gradient(jnp.clip(x + delta, 0.0, 1.0))
+  return x_adv if carry is None else (x_adv, carry)
 
 
 def _finite_or(x: jnp.ndarray, fallback: jnp.ndarray) -> Tuple[jnp.ndarray, jnp.ndarray]:
@@ -168,8 +178,7 @@ def latent_attack(decode: Callable[[jnp.ndarray], jnp.ndarray],
                   loss_fn: Callable[[jnp.ndarray], jnp.ndarray], z: jnp.ndarray,
                   key: jax.Array, *, method: str, eps, norm: str, x_clean: jnp.ndarray,
                   step_size=None, steps: Optional[int] = None, random_start: bool = True,
-                  unroll: Union[int, bool] = False
-                  ) -> Tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+                  unroll: Union[int, bool] = False, carry: Any = None) -> tuple:
   """Perturbs latents `z` and decodes them: R-LA or A-LA.
 
   rla: δ = random_latent(key, z.shape, ε, norm); x̃ = F⁻¹(z + δ) without gradient
@@ -192,10 +201,12 @@ def latent_attack(decode: Callable[[jnp.ndarray], jnp.ndarray],
     eps, norm: the ball (see `project`).
     x_clean: the clean images (B, H, W, C) in [0, 1], used as fallback.
     step_size, steps, random_start, unroll: PGD settings (A-LA only; see `pgd`).
+    carry: optional state threaded through A-LA's k loss evaluations (see `pgd`); then
+      loss_fn(images, carry) -> (loss, carry). R-LA calls no loss and returns it unchanged.
 
   Returns:
-    (x_tilde (B, H, W, C) in [0, 1], num_nonfinite int32 scalar, delta of z's shape);
-    x_tilde and delta carry no gradient (stop_gradient).
+    (x_tilde (B, H, W, C) in [0, 1], num_nonfinite int32 scalar, delta of z's shape), plus
+    the carry when one is given; x_tilde and delta carry no gradient (stop_gradient).
 
   Raises:
     ValueError: for an unknown `method` or `norm`, or A-LA without `step_size`/`steps`.
@@ -213,12 +224,14 @@ def latent_attack(decode: Callable[[jnp.ndarray], jnp.ndarray],
       delta0 = uniform_start(key, z.shape, eps, norm)
     else:
       delta0 = jnp.zeros_like(z)
-    delta = pgd(lambda d: loss_fn(_finite_or(decode(z + d), x_clean)[0]), delta0, eps=eps,
-                step_size=step_size, steps=steps, norm=norm, unroll=unroll)
+    out = pgd(lambda d, *c: loss_fn(_finite_or(decode(z + d), x_clean)[0], *c), delta0,
+              eps=eps, step_size=step_size, steps=steps, norm=norm, unroll=unroll, carry=carry)
+    delta, carry = out if carry is not None else (out, None)
   delta = jax.lax.stop_gradient(delta)
   x = jax.lax.stop_gradient(decode(z + delta))
   x, ok = _finite_or(jnp.clip(x, 0.0, 1.0), x_clean)
-  return x, jnp.sum(~ok).astype(jnp.int32), delta
+  result = (x, jnp.sum(~ok).astype(jnp.int32), delta)
+  return result if carry is None else result + (carry,)
 
 
 def mix(key: jax.Array, clean: jnp.ndarray, perturbed: jnp.ndarray, fraction) -> jnp.ndarray:
@@ -353,12 +366,12 @@ class Attack:
 
 
 def perturb_batch(key: jax.Array, x: jnp.ndarray, y: jnp.ndarray, attack: Attack,
-                  logits: Callable[[jnp.ndarray], jnp.ndarray], *,
+                  logits: Callable[[jnp.ndarray, Any], Tuple[jnp.ndarray, Any]], *,
                   encode: Optional[Callable[[jnp.ndarray], jnp.ndarray]] = None,
                   decode: Optional[Callable[[jnp.ndarray], jnp.ndarray]] = None,
                   log_prob: Optional[Callable[[jnp.ndarray], jnp.ndarray]] = None,
-                  z: Optional[jnp.ndarray] = None, threshold=0.0
-                  ) -> Tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+                  z: Optional[jnp.ndarray] = None, threshold=0.0, carry: Any = ()
+                  ) -> Tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray, Any]:
   """Perturbs a batch of images as `attack` says, model-agnostic.
 
   With t the target (y, or argmax logits(x) for labels 'pred') and
@@ -369,42 +382,54 @@ def perturb_batch(key: jax.Array, x: jnp.ndarray, y: jnp.ndarray, attack: Attack
   scales the perturbation by s (x + s (x̃ - x) in image space, decode(z + s δ) in the latent);
   finally each example is x̃_b with probability `attack.fraction`, else x_b (`mix`).
 
+  The classifier is stateful: `logits(images, carry) -> (logits, carry)`, and `carry` (e.g.
+  BatchNorm running statistics that train-mode passes update) is threaded through its passes in
+  order: the clean pass of labels 'pred' (PGD and A-LA only; R-LA calls no classifier), then
+  the k attack passes.
+
   Args:
     key: PRNG key (split into the attack's and the mix's).
     x: clean images (B, H, W, C) in [0, 1]; y: int labels (B,).
     attack: the settings (static).
-    logits: images (B, H, W, C) -> logits (B, K), differentiable (the attacked classifier).
+    logits: (images (B, H, W, C), carry) -> (logits (B, K), carry), differentiable in the
+      images (the attacked classifier).
     encode, decode: the latent code, x -> z and z -> x (latent attacks; `encode` may be
       omitted when `z` is given).
     log_prob: images -> log-density (B,) (density filter only); threshold: τ.
+    carry: the classifier's state before the clean pass.
 
   Returns:
     (x̃ (B, H, W, C) in [0, 1] without gradient, the int32 count of non-finite decodes that
-    fell back to clean images, kept (B,) bool: which perturbed images the filter kept).
+    fell back to clean images, kept (B,) bool: which perturbed images the filter kept, the
+    carry after every classifier pass).
   """
   attack_key, mix_key = jax.random.split(key)
-  target = y if attack.labels == 'true' else jnp.argmax(logits(x), -1)
+  target = y
+  if attack.method != 'rla' and attack.labels == 'pred':
+    clean_logits, carry = logits(x, carry)
+    target = jnp.argmax(clean_logits, -1)
   target = jax.lax.stop_gradient(target)
 
-  def loss_fn(images):
-    return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits(images), target))
+  def loss_fn(images, c):
+    out, c = logits(images, c)
+    return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(out, target)), c
 
   if attack.method == 'pgd':
-    x_t = image_pgd(loss_fn, x, attack_key, eps=attack.eps, step_size=attack.step_size,
-                    steps=attack.steps, norm=attack.norm, random_start=attack.random_start,
-                    unroll=attack.unroll)
+    x_t, carry = image_pgd(loss_fn, x, attack_key, eps=attack.eps, step_size=attack.step_size,
+                           steps=attack.steps, norm=attack.norm,
+                           random_start=attack.random_start, unroll=attack.unroll, carry=carry)
     nonfinite = jnp.zeros((), jnp.int32)
     propose = lambda t: x + t * (x_t - x)
   else:
     z = jax.lax.stop_gradient(encode(x) if z is None else z)
-    x_t, nonfinite, delta = latent_attack(
+    x_t, nonfinite, delta, carry = latent_attack(
         decode, loss_fn, z, attack_key, x_clean=x, method=attack.method, eps=attack.eps,
         step_size=attack.step_size, steps=attack.steps, norm=attack.norm,
-        random_start=attack.random_start, unroll=attack.unroll)
+        random_start=attack.random_start, unroll=attack.unroll, carry=carry)
     propose = lambda t: jnp.clip(decode(z + t * delta), 0.0, 1.0)
   kept = jnp.ones((x.shape[0],), bool)
   if attack.density_percentile > 0:
     x_t, kept, _ = density_filter(log_prob, propose, x, threshold, mode=attack.density_mode,
                                   shrink_steps=attack.density_shrink_steps, x_full=x_t)
   x_t = jax.lax.stop_gradient(x_t)
-  return mix(mix_key, x, x_t, attack.fraction), nonfinite, kept
+  return mix(mix_key, x, x_t, attack.fraction), nonfinite, kept, carry

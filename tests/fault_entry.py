@@ -30,8 +30,8 @@ from train.stages import classifier, flow  # noqa: E402
 def _flow_nan(step: int) -> None:
   clean = flow.train_step
 
-  def train_step(state, batch, key, flow_module):
-    new_state, metrics = clean(state, batch, key, flow_module)
+  def train_step(state, batch, key, flow_module, aug):
+    new_state, metrics = clean(state, batch, key, flow_module, aug)
     poison = jnp.where(state.step == step, jnp.nan, 1.0)
     new_state = new_state.replace(params=jax.tree.map(lambda p: p * poison, new_state.params))
     return new_state, dict(metrics, bits_per_dim=metrics["bits_per_dim"] * poison)

@@ -66,7 +66,7 @@ def _save_flow(workdir, config, poison=False):
   state = jax.jit(lambda key, batch: flow_stage.create_train_state(
       flow, key, batch, flow_stage.create_optimizer(config.flow)))(
           jax.random.PRNGKey(0),
-          input_pipeline.first_rows(datasets.flow_train, 32, parallel.make_mesh()))
+          input_pipeline.sample_rows(datasets.flow_train, 32, 0, parallel.make_mesh()))
   if poison:
     state = state.replace(params=jax.tree.map(lambda p: p * np.nan, state.params))
   ckpt = checkpoint.Checkpointer(

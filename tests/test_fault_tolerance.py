@@ -12,6 +12,7 @@ which must fall back to the clean image and be counted, across the resumes too.
 Subprocesses share a persistent XLA compilation cache, so only the first run compiles.
 """
 import json
+import math
 import os
 import random
 import signal
@@ -119,7 +120,7 @@ def test_uninterrupted_run_counts_nan_decodes_and_falls_back(runs):
   # One NaN image at one step: replaced by its clean image (else the loss would be NaN and the
   # run would stop), counted, and reported.
   assert results["nonfinite_decodes"] == 1
-  assert 0.0 <= results["test_accuracy"] <= 1.0
+  assert all(map(math.isfinite, (results["test_loss"], results["train_loss"])))
   assert "fell back to their clean images" in out
 
 

@@ -144,6 +144,19 @@ class LayerTest(chex.TestCase):
     np.testing.assert_array_equal(y, x)
     np.testing.assert_array_equal(logdet, 0.0)
 
+  def test_coupling_net_output_has_a_learned_log_scale_factor_three(self):
+    net = flows.CouplingNet(hidden_channels=4, out_channels=2)
+    x = _images((2, 4, 4, 3))
+    variables = net.init(_key(0), x)
+    np.testing.assert_array_equal(variables['params']['logs'], jnp.zeros(2))
+    params = dict(variables['params'])
+    params['conv_out'] = jax.tree.map(jnp.ones_like, params['conv_out'])
+    base = net.apply({'params': params}, x)
+    params['logs'] = jnp.array([0.0, 0.5])
+    scaled = net.apply({'params': params}, x)
+    np.testing.assert_allclose(scaled[..., 0], base[..., 0], rtol=1e-6)
+    np.testing.assert_allclose(scaled[..., 1], base[..., 1] * math.exp(1.5), rtol=1e-5)
+
   def test_sigmoid_coupling_scales_by_sigmoid_two_at_init(self):
     module, variables, x, _ = _layer('coupling_affine_sigmoid')
     y, logdet = module.apply(variables, x, method=module.forward)

@@ -2,7 +2,8 @@
 
 `Spec` is what a perturbation needs beyond the library's `perturb.Attack` (the math): whose
 latent it perturbs (`generator`: 'flow', exact code F / F^-1, or 'vaegan', approximate code
-mu / G) and the attacked classifier's BatchNorm mode (`bn_mode`). It comes from `config.perturb`
+mu / G), the attacked classifier's BatchNorm mode (`bn_mode`) and whether the running statistics
+that its train-mode passes move are kept (`bn_update`). It comes from `config.perturb`
 (training; method 'none' gives no spec) or from an entry of `config.evaluation.attacks`
 (evaluation: flow latent, BatchNorm in eval mode), and every error names the config field.
 """
@@ -15,16 +16,18 @@ from jaxflowaug import perturb
 
 GENERATORS = ("flow", "vaegan")
 BN_MODES = ("train", "eval")
+BN_UPDATES = ("keep", "discard")
 _ENTRY_KEYS = ("method", "norm", "eps", "step_size", "steps", "random_start", "labels",
                "density_percentile", "density_mode", "density_shrink_steps")
 
 
 @dataclasses.dataclass(frozen=True)
 class Spec:
-  """A perturbation: `attack` (the math), `generator` and `bn_mode` (see module doc)."""
+  """A perturbation: `attack` (the math), `generator`, `bn_mode`, `bn_update` (module doc)."""
   attack: perturb.Attack
   generator: str = "flow"
   bn_mode: str = "eval"
+  bn_update: str = "discard"
 
   @property
   def needs_vaegan(self) -> bool:
@@ -58,11 +61,18 @@ def from_perturb(p: ml_collections.ConfigDict) -> Optional[Spec]:
     raise ValueError(f"perturb.method={p.method!r} is unknown; use 'none' or one of "
                      f"{perturb.ATTACKS}.")
   fields = {f.name: p[f.name] for f in dataclasses.fields(perturb.Attack)}
-  spec = Spec(_attack(fields, "perturb."), generator=p.generator, bn_mode=p.bn_mode)
+  spec = Spec(_attack(fields, "perturb."), generator=p.generator, bn_mode=p.bn_mode,
+              bn_update=p.bn_update)
   if spec.generator not in GENERATORS:
     raise ValueError(f"perturb.generator={p.generator!r} is unknown; use one of {GENERATORS}.")
   if spec.bn_mode not in BN_MODES:
     raise ValueError(f"perturb.bn_mode={p.bn_mode!r}: use one of {BN_MODES}.")
+  if spec.bn_update not in BN_UPDATES:
+    raise ValueError(f"perturb.bn_update={p.bn_update!r}: use one of {BN_UPDATES}.")
+  if spec.bn_update == "keep" and spec.bn_mode == "eval":
+    raise ValueError("perturb.bn_update='keep' keeps the running statistics that train-mode "
+                     "attack passes move, but perturb.bn_mode='eval' moves none; set "
+                     "perturb.bn_update='discard' or perturb.bn_mode='train'.")
   if p.cache_latents and not spec.attack.latent:
     raise ValueError(f"perturb.cache_latents=True needs perturb.method 'rla' or 'ala' (got "
                      f"{p.method!r}); set perturb.cache_latents=False.")
@@ -71,7 +81,8 @@ def from_perturb(p: ml_collections.ConfigDict) -> Optional[Spec]:
 
 def from_entries(config: ml_collections.ConfigDict) -> list:
   """`config.evaluation.attacks` as [(name, Spec)]: every entry perturbs all images, in the
-  flow's latent for 'rla'/'ala', with the classifier in eval mode; `labels` defaults to 'true'."""
+  flow's latent for 'rla'/'ala', with the classifier in eval mode; `labels` defaults to 'pred'
+  (the classifier's own clean predictions, as the authors' evaluation, flpert/pert.py:119-122)."""
   parsed = []
   for entry in config.evaluation.attacks:
     if (len(entry) != 2 or not isinstance(entry[0], str)
@@ -88,6 +99,6 @@ def from_entries(config: ml_collections.ConfigDict) -> list:
     missing = [k for k in ("method", "norm", "eps") if k not in fields]
     if missing:
       raise ValueError(f"{where}{missing[0]} is missing; every attack names method, norm, eps.")
-    fields.setdefault("labels", "true")
+    fields.setdefault("labels", "pred")
     parsed.append((name, Spec(_attack(fields, where))))
   return parsed

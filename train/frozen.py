@@ -9,7 +9,8 @@ ablation). `Frozen` is what a classifier step reads: the perturbed code, the den
 flow and its threshold; it is passed to jitted steps as an ordinary argument.
 
 A frozen flow must invert its own latents: `load_flow` refuses one whose max |F^-1(F(x)) - x|
-exceeds `classifier.max_flow_reconstruction_error`.
+(or, with `flow.arch.authors_decode`, its distance to the authors' decode a + b x) exceeds
+`classifier.max_flow_reconstruction_error`.
 """
 import functools
 import os
@@ -69,11 +70,21 @@ class Frozen:
   threshold: Any = 0.0
 
 
+def reconstruction_target(gen: Generator, x: jax.Array) -> jax.Array:
+  """What decode(encode(x)) should return for images x (B, H, W, C): x, or for a Glow with
+  `authors_decode` the authors' contrast-compressed a + b (255 x + 1/2) / 256
+  (`flows.authors_decoded`)."""
+  if gen.kind == FLOW and getattr(gen.module, "authors_decode", False):
+    return flows.authors_decoded(x, gen.module.logit_bound)
+  return x
+
+
 def reconstruction_error(gen: Generator, batch: dict) -> jax.Array:
-  """max |decode(encode(x)) - x| over a batch (exactness of the code, float32); inf if any
-  entry is NaN (XLA's max may skip NaNs)."""
+  """max |decode(encode(x)) - reconstruction_target(x)| over a batch (exactness of the code,
+  float32); inf if any entry is NaN (XLA's max may skip NaNs)."""
   x = data.to_float(batch["image"])
-  error = jnp.abs(gen.decode(gen.encode(x, batch["label"]), batch["label"]) - x)
+  error = jnp.abs(gen.decode(gen.encode(x, batch["label"]), batch["label"])
+                  - reconstruction_target(gen, x))
   return jnp.max(jnp.where(jnp.isnan(error), jnp.inf, error))
 
 
@@ -82,7 +93,7 @@ def load_flow(config: ml_collections.ConfigDict, workdir: str,
   """The frozen flow of `flow.checkpoint` (or of this workdir's flow stage), replicated.
 
   Raises if there is none, if it was trained for another architecture or data, or if its
-  max |F^-1(F(x)) - x| on the first `flow.recon_examples` training images exceeds
+  max |F^-1(F(x)) - x| on `flow.recon_examples` training images (a sample seeded by `seed`) exceeds
   `classifier.max_flow_reconstruction_error` (its perturbations would decode to images it never
   meant).
   """
@@ -94,13 +105,15 @@ def load_flow(config: ml_collections.ConfigDict, workdir: str,
       "flow.conditional and the data to match.")
   gen = Generator(FLOW, models.create_flow(config, datasets.num_classes),
                   parallel.replicate({"params": state["params"], **state["consts"]}, mesh))
-  batch = input_pipeline.first_rows(datasets.train, config.flow.recon_examples, mesh)
+  batch = input_pipeline.sample_rows(datasets.train, config.flow.recon_examples, config.seed, mesh)
   error = float(parallel.to_host(jax.jit(reconstruction_error)(gen, batch)))
   limit = config.classifier.max_flow_reconstruction_error
   if not error <= limit:
+    target = ("the authors' decode a + b x (flow.arch.authors_decode=True)"
+              if config.flow.arch.get("authors_decode") else "x")
     raise ValueError(
-        f"The flow of {path!r} does not invert its own latents: max |F^-1(F(x)) - x| = {error:.3g} "
-        f"on {len(batch['label'])} training images exceeds "
+        f"The flow of {path!r} does not invert its own latents: max |F^-1(F(x)) - target| = "
+        f"{error:.3g}, target {target}, on {len(batch['label'])} training images exceeds "
         f"classifier.max_flow_reconstruction_error={limit}. Retrain the flow (lower "
         "flow.learning_rate or set flow.max_grad_norm), or raise "
         "classifier.max_flow_reconstruction_error if this error is acceptable.")
@@ -178,16 +191,21 @@ def perturb_batch(state: models.ClassifierState, x: jax.Array, y: jax.Array, key
                   z: Optional[jax.Array] = None):
   """`perturb.perturb_batch` of the batch against the classifier at its current weights, in the
   code of `frozen_models.latent` (R-LA, A-LA; `z` its cached latents) with the density filter of
-  `frozen_models.density`. Returns (x~, count of non-finite decodes, kept (B,))."""
-  logits = functools.partial(models.classify, model, state.params, state.batch_stats,
-                             train=spec.bn_mode == "train")
+  `frozen_models.density`, BatchNorm in `spec.bn_mode`.
+
+  Returns (x~, count of non-finite decodes, kept (B,), batch_stats): the classifier's BatchNorm
+  running statistics after every train-mode pass of the attack in order (clean pass, k attack
+  passes) for `spec.bn_update` 'keep', else `state.batch_stats` unchanged."""
+  train = spec.bn_mode == "train"
+  logits = lambda images, stats: models.classify(model, state.params, stats, images, train)
   latent, density = frozen_models.latent, frozen_models.density
-  return perturb.perturb_batch(
+  x_t, nonfinite, kept, stats = perturb.perturb_batch(
       key, x, y, spec.attack, logits,
       encode=None if latent is None else lambda images: latent.encode(images, y),
       decode=None if latent is None else lambda codes: latent.decode(codes, y),
       log_prob=None if density is None else lambda images: density.log_prob(images, y),
-      z=z, threshold=frozen_models.threshold)
+      z=z, threshold=frozen_models.threshold, carry=state.batch_stats)
+  return x_t, nonfinite, kept, stats if spec.bn_update == "keep" else state.batch_stats
 
 
 def load_classifier(config: ml_collections.ConfigDict, workdir: str,

@@ -1,10 +1,12 @@
 """The datasets of a run, from its `config.data`, fed as sharded global batches.
 
 Splits (all from `data.load`, uint8 NHWC + int32):
-- `eval`: `data.eval_split`; or, when that is '', `data.holdout` images of `data.train_split`
+- `eval`: `data.eval_split` (or a seeded class-balanced sample of `data.max_eval_examples` of
+  it); or, when that is '', `data.holdout` images of `data.train_split`
   held out by a seeded class-balanced draw (for CIFAR-10, whose test split is not used here:
   the split is sorted by class, so a slice such as `train[45000:]` would hold one class);
-- `flow_train`: what the flow learns from: `data.train_split` less the held-out images;
+- `flow_train`: what the flow learns from: `data.train_split` (or a seeded class-balanced
+  sample of `data.max_train_examples` of it) less the held-out images;
 - `train`: the classifier's training set, a fixed seeded subset of `flow_train`
   (`data.train_size` or `data.train_fraction`, or all; the same subset for every method).
 
@@ -80,9 +82,13 @@ def load(config: ml_collections.ConfigDict) -> Datasets:
   info = _naming(source, data.info, cfg.source, data_dir=ddir, archive_dir=cfg.archive_dir)
   full = Split(*_naming(f"data.train_split={cfg.train_split!r}", data.load, cfg.source,
                         cfg.train_split, data_dir=ddir))
+  full = _naming(f"data.max_train_examples={cfg.max_train_examples}", seeded_subset, full,
+                 cfg.max_train_examples, cfg.subset_seed, balanced=True)
   if cfg.eval_split:
     evaluation = Split(*_naming(f"data.eval_split={cfg.eval_split!r}", data.load, cfg.source,
                                 cfg.eval_split, data_dir=ddir))
+    evaluation = _naming(f"data.max_eval_examples={cfg.max_eval_examples}", seeded_subset,
+                         evaluation, cfg.max_eval_examples, cfg.subset_seed, balanced=True)
   elif cfg.holdout > 0:
     held = _naming(f"data.holdout={cfg.holdout}", data.subset_indices, full.labels, cfg.holdout,
                    seed=cfg.subset_seed, balanced=True)
@@ -97,6 +103,13 @@ def load(config: ml_collections.ConfigDict) -> Datasets:
     field = "data.train_size" if cfg.train_size else "data.train_fraction"
     train = full.take(_naming(f"{field}={size!r}", data.subset_indices, full.labels, size,
                               seed=cfg.subset_seed, balanced=cfg.balanced))
+  classes = np.unique(train.labels)
+  if len(classes) < 2:
+    raise ValueError(f"The classifier's training set ({len(train)} images of data.train_split="
+                     f"{cfg.train_split!r}, data.train_size={cfg.train_size}) holds only class(es) "
+                     f"{classes.tolist()}: nothing to learn. A slice of a class-sorted source is "
+                     "one class; use the whole split with data.max_train_examples (a seeded "
+                     "class-balanced sample) instead.")
   logging.info("data %s: flow_train %d (%s), train %d (size=%s, seed %d), eval %d (%s)",
                cfg.source, len(full), cfg.train_split, len(train), size or "all",
                cfg.subset_seed, len(evaluation), cfg.eval_split or f"{cfg.holdout} held out")
@@ -163,18 +176,22 @@ def map_batches(fn, split: Split, batch_size: int, mesh, desc: Optional[str] = N
   return {k: np.concatenate([p[k] for p in parts])[:len(split)] for k in parts[0]}
 
 
-def seeded_subset(split: Split, count: int, seed: int) -> Split:
-  """`count` examples of the split drawn with `seed` (in split order); all of it if count is 0
-  or at least its size. Class-sorted splits are not read from the front, so the subset covers
-  every class."""
+def seeded_subset(split: Split, count: int, seed: int, balanced: bool = False) -> Split:
+  """`count` examples of the split drawn with `seed` (in split order; `balanced`: as equally
+  many per class as possible); all of it if count is 0 or at least its size. Class-sorted
+  splits are not read from the front, so the subset covers every class."""
   if not count or count >= len(split):
     return split
-  return split.take(data.subset_indices(split.labels, count, seed=seed))
+  return split.take(data.subset_indices(split.labels, count, seed=seed, balanced=balanced))
 
 
-def first_rows(split: Split, count: int, mesh) -> dict:
-  """A fixed global batch of the first `count` examples (for init and reconstruction checks)."""
+def sample_rows(split: Split, count: int, seed: int, mesh) -> dict:
+  """A fixed global batch of `count` examples drawn without replacement with `seed` (the first
+  `count` of `np.random.default_rng(seed).permutation(len(split))`), rounded down to a multiple
+  of the device count: ActNorm's data-dependent init and the reconstruction checks. Not the
+  first rows: on a class-sorted split those are all one class."""
   count = min(count, len(split)) // jax.device_count() * jax.device_count()
+  drawn = np.random.default_rng(seed).permutation(len(split))[:count]
   per_process = count // jax.process_count()
-  rows = np.arange(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
+  rows = drawn[jax.process_index() * per_process:(jax.process_index() + 1) * per_process]
   return parallel.global_batch({"image": split.images[rows], "label": split.labels[rows]}, mesh)

@@ -2,8 +2,9 @@
 
 A stage's *identity* is the set of config fields that fix what it trains; a checkpoint stores
 it, and restoring or freezing a checkpoint of another identity is refused (train/checkpoint.py).
-Fields that change only speed or logging (`flow.arch.remat`, cadences, `perturb.unroll`) are
-left out, so changing them resumes the same run.
+Fields that change only speed or logging (`flow.arch.remat`, cadences, `perturb.unroll`) or how a
+trained model is used (`flow.arch.authors_decode`) are left out, so changing them resumes (or
+reuses) the same run.
 """
 from typing import Any
 
@@ -34,9 +35,11 @@ def create_flow(config: ml_collections.ConfigDict, num_classes: int) -> nn.Modul
 
 
 def flow_identity(config: ml_collections.ConfigDict, image_shape, num_classes: int) -> dict:
-  """What fixes a flow: its architecture (less `remat`) and the data it models."""
-  arch = {k: v for k, v in config.flow.arch.to_dict().items() if k != "remat"}
-  return {"model": config.flow.model, "arch": arch,
+  """What fixes a flow: its architecture (less the use-time `remat` and `authors_decode`), its
+  training augmentation and the data it models."""
+  arch = {k: v for k, v in config.flow.arch.to_dict().items()
+          if k not in ("remat", "authors_decode")}
+  return {"model": config.flow.model, "arch": arch, "augment": config.flow.augment.to_dict(),
           "conditional": bool(config.flow.conditional), "image_shape": list(image_shape),
           "num_classes": int(num_classes if config.flow.conditional else 0)}
 
@@ -101,20 +104,22 @@ def classifier_identity(config: ml_collections.ConfigDict) -> dict:
   return keep
 
 
-def classify(model: nn.Module, params, batch_stats, x: jax.Array, train: bool) -> jax.Array:
-  """Classifier logits (B, K); in train mode BatchNorm uses batch statistics (updates
-  discarded)."""
+def classify(model: nn.Module, params, batch_stats, x: jax.Array, train: bool):
+  """(logits (B, K), batch_stats after the pass): in train mode BatchNorm normalises with the
+  batch's statistics and moves its running statistics towards them (the second output); in
+  eval mode it uses the running statistics and returns them unchanged."""
   variables = {"params": params, "batch_stats": batch_stats}
   if train:
-    return model.apply(variables, x, train=True, mutable=["batch_stats"])[0]
-  return model.apply(variables, x, train=False)
+    logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    return logits, updates["batch_stats"]
+  return model.apply(variables, x, train=False), batch_stats
 
 
 def classifier_eval_step(state: ClassifierState, batch: dict, model: nn.Module) -> dict:
   """Sums of correct predictions ('accuracy') and loss over the unmasked rows, and their
   'count' (BatchNorm in eval mode), for `input_pipeline.mean_over`."""
-  logits = classify(model, state.params, state.batch_stats,
-                    data.to_float(batch["image"]), train=False)
+  logits, _ = classify(model, state.params, state.batch_stats,
+                       data.to_float(batch["image"]), train=False)
   correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
   return {"accuracy": jnp.sum(correct * batch["mask"]), "loss": jnp.sum(loss * batch["mask"]),

@@ -201,7 +201,14 @@ def evaluation_sections(runs: dict) -> list:
     config = out["config"]
     dataset, trained = dataset_name(config), labels.method_label(config)
     size = _size(config, out)
+    # The paper's numbers stand beside ours only at its sizes (the whole test split, and for
+    # FID against the whole training set); otherwise the column says ours are samples.
     cifar = dataset == "CIFAR-10"
+    sizes = config.get("evaluation", {})
+    full_eval = cifar and sizes.get("num_examples") == 0
+    full_fid = full_eval and sizes.get("fid_examples") == 0
+    sampled = (f"not comparable: {out.get('num_examples')} test images, "
+               f"{out.get('fid_reference_examples')} training images for FID")
     inception = out.get("fid_features") == "inception"
     suffix = "" if inception else "_classifier_features"
     features = "Inception" if inception else "classifier features (not FID)"
@@ -212,17 +219,20 @@ def evaluation_sections(runs: dict) -> list:
     for row in out["attacks"].values():
       label = row["label"]
       paper_fid = PAPER["fid"].get(label) if cifar and inception else None
+      paper_fid = sampled if paper_fid is not None and not full_fid else paper_fid
       fid_groups.setdefault((group, trained, label, features,
                              "" if paper_fid is None else paper_fid), []).append(
           (row.get(f"fid{suffix}"), row.get(f"kid{suffix}"), row.get("density_kept_fraction")))
       paper_norms = PAPER["norms"].get(label) if cifar else None
       norm_rows.append([run, label, _fmt(row["l2"], ".2f"), _fmt(row["linf"], ".3f"),
-                        "" if paper_norms is None else f"{paper_norms[0]} / {paper_norms[1]}"])
+                        "" if paper_norms is None else
+                        f"{paper_norms[0]} / {paper_norms[1]}" if full_eval else sampled])
       paper_robust = PAPER["robustness"].get((label, trained)) if cifar and size[1] else None
+      paper_robust = sampled if paper_robust is not None and not full_eval else paper_robust
       robust_rows.append([run, trained, _size_label(size), label,
                           _fmt(out["clean_accuracy"], ".1f", 100),
                           _fmt(row["accuracy"], ".1f", 100), _fmt(row["relative_drop"], ".1f"),
-                          "" if paper_robust is None else
+                          "" if paper_robust is None else paper_robust if not full_eval else
                           f"{paper_robust[0]} / {paper_robust[1]}"])
   if not fid_groups:
     return []

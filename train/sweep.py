@@ -7,7 +7,8 @@
 flow that an earlier run of the sweep trained (`{"flow.checkpoint": "@flow"}`). Finished runs
 (with a `results.json`) are skipped and interrupted ones resume, so rerunning a killed sweep
 finishes it. The sweep's own `results.json` lists every run and the mean ± std of the test
-accuracy of each group of runs whose names differ only in a `_s<seed>` suffix.
+accuracy of each group of runs whose names differ only in a `_s<seed>` suffix, and each group's
+per-seed difference to the group 'standard' (mean and minimum over the seeds both ran).
 """
 import importlib
 import os
@@ -64,10 +65,36 @@ def summarize(rows: list) -> list:
           for g, v in groups.items()]
 
 
-def table(summary: list) -> str:
+BASELINE = "standard"  # the group every other group is paired with, seed by seed
+
+
+def paired(rows: list, baseline: str = BASELINE) -> list:
+  """Per group g other than `baseline`, over the seeds both ran: the per-seed differences
+  d_s = acc_g(s) - acc_baseline(s) of test accuracy, their mean and their minimum."""
+  acc = {}
+  for row in rows:
+    if "test_accuracy" in row:
+      acc.setdefault(row["group"], {})[row["seed"]] = row["test_accuracy"]
+  out = []
+  for group, by_seed in acc.items():
+    seeds = sorted(set(by_seed) & set(acc.get(baseline, {})))
+    if group == baseline or not seeds:
+      continue
+    diffs = [by_seed[s] - acc[baseline][s] for s in seeds]
+    out.append({"group": group, "n": len(seeds), "mean_diff": float(np.mean(diffs)),
+                "min_diff": float(np.min(diffs))})
+  return out
+
+
+def table(summary: list, pairs: list = ()) -> str:
   lines = ["| runs | seeds | test accuracy (%) |", "|---|---|---|"]
   lines += [f"| {s['group']} | {s['n']} | {100 * s['mean']:.2f} ± {100 * s['std']:.2f} |"
             for s in summary]
+  if pairs:
+    lines += ["", f"| runs - {BASELINE} (paired by seed) | seeds | mean (points) | min (points) |",
+              "|---|---|---|---|"]
+    lines += [f"| {p['group']} | {p['n']} | {100 * p['mean_diff']:+.2f} | "
+              f"{100 * p['min_diff']:+.2f} |" for p in pairs]
   return "\n".join(lines)
 
 
@@ -95,11 +122,12 @@ def run(config: ml_collections.ConfigDict, workdir: str,
                 if k in out})
     row["figures"] = sorted(v for k, v in out.items() if k.endswith("_png") and v)
     rows.append(row)
-  summary = summarize(rows)
-  payload = {"runs": rows, "summary": summary, "wall_seconds_this_call": time.time() - start}
+  summary, pairs = summarize(rows), paired(rows)
+  payload = {"runs": rows, "summary": summary, "paired": pairs,
+             "wall_seconds_this_call": time.time() - start}
   if jax.process_index() == 0:
     results.write_json_atomic(os.path.join(workdir, results.RESULTS_FILE), payload)
-    print(table(summary))
+    print(table(summary, pairs))
     for row in rows:
       for path in row["figures"]:
         print(f"figure ({row['name']}): {path}")

@@ -35,11 +35,12 @@ from jaxflowaug.flows.distrax_interop import as_distribution
 from jaxflowaug.flows.glow import Glow
 from jaxflowaug.flows.glow import GlowStep
 from jaxflowaug.flows.preprocess import Preprocess
+from jaxflowaug.flows.preprocess import authors_decoded
 from jaxflowaug.flows.squeeze import squeeze
 from jaxflowaug.flows.squeeze import unsqueeze
 
 __all__ = [
     'ActNorm', 'Bijector', 'Coupling', 'CouplingNet', 'DenseFlow', 'DenseSubnet', 'Flow',
     'Glow', 'GlowCouplingBlock', 'GlowStep', 'InvertibleConv1x1', 'Preprocess',
-    'as_bijector', 'as_distribution', 'squeeze', 'standard_normal_log_prob', 'unsqueeze',
+    'as_bijector', 'as_distribution', 'authors_decoded', 'squeeze', 'standard_normal_log_prob', 'unsqueeze',
 ]

@@ -15,12 +15,19 @@ KINDS = ('affine', 'additive')
 SCALE_FNS = ('tanh', 'sigmoid')
 
 
-class CouplingNet(nn.Module):
-  """Conditioner: conv3x3 -> ActNorm -> ReLU -> conv1x1 -> ActNorm -> ReLU -> conv3x3.
+# OpenAI Glow's `Conv2dZeros` (and the authors' `NN`, flpert/models/glow/coupling.py):
+# the zero-initialised output conv is followed by a learned per-channel scale exp(3 logs).
+LOGSCALE_FACTOR = 3.0
 
-  (B, H, W, C_in) -> (B, H, W, out_channels). The last conv is zero-initialised, so the
-  output is 0 at init. With `num_classes > 0`, a learned class embedding (B, E) is
-  broadcast over H, W and concatenated to the input channels.
+
+class CouplingNet(nn.Module):
+  """Conditioner: conv3x3 -> ActNorm -> ReLU -> conv1x1 -> ActNorm -> ReLU -> conv3x3 -> scale.
+
+  (B, H, W, C_in) -> (B, H, W, out_channels). The last conv (kernel W, bias c) is
+  zero-initialised and its output is scaled per channel, out = (W * h + c) exp(3 logs) with
+  `logs` (out_channels,) learned from 0 (Glow's `Conv2dZeros`), so the output is 0 at init.
+  With `num_classes > 0`, a learned class embedding (B, E) is broadcast over H, W and
+  concatenated to the input channels.
 
   Attributes:
     hidden_channels: width of the two hidden layers.
@@ -43,8 +50,10 @@ class CouplingNet(nn.Module):
     h = nn.relu(ActNorm(name='norm_in').forward(h)[0])
     h = Conv(self.hidden_channels, (1, 1), use_bias=False, name='conv_mid')(h)
     h = nn.relu(ActNorm(name='norm_mid').forward(h)[0])
-    return Conv(self.out_channels, (3, 3), kernel_init=nn.initializers.zeros,
-                name='conv_out')(h)
+    out = Conv(self.out_channels, (3, 3), kernel_init=nn.initializers.zeros,
+               name='conv_out')(h)
+    logs = self.param('logs', nn.initializers.zeros, (self.out_channels,), jnp.float32)
+    return out * jnp.exp(LOGSCALE_FACTOR * logs)
 
 
 class Coupling(Bijector):

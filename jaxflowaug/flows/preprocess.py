@@ -14,6 +14,13 @@ def check_logit_bound(logit_bound):
     raise ValueError(f'logit_bound={logit_bound} must be in (0, 1); the authors use 0.9.')
 
 
+def authors_decoded(x, logit_bound):
+  """What the authors' sigmoid-only decode returns for the latent of images x (B, ...) in
+  [0, 1] (u = 1/2): p = a + b (255 x + 1/2) / 256, a = (1 - b) / 2, b = `logit_bound`; an
+  affine contrast compression of x (for b = 0.9, about 0.05 + 0.9 x)."""
+  return (1.0 - logit_bound) / 2.0 + logit_bound * (255.0 * x + 0.5) / 256.0
+
+
 class Preprocess(Bijector):
   """Maps images x in [0, 1] (pixel k/255) to logit space, exactly invertibly.
 
@@ -32,7 +39,8 @@ class Preprocess(Bijector):
 
   With `authors_decode=True` the inverse returns p = sigmoid(v) = a + b y like the authors'
   code (a 10% contrast compression plus the dequantisation offset, see PAPER.md) with
-  logdet = sum log(p (1 - p)), the log-det of that map; it is then not the inverse of forward.
+  logdet = sum log(p (1 - p)), the log-det of that map; it is then not the inverse of forward:
+  inverse(forward(x)) = `authors_decoded(x, b)`.
 
   Attributes:
     logit_bound: b in (0, 1).

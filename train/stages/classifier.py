@@ -9,7 +9,10 @@ Each step, on device, in this order (each part switched by config):
   x <- cutout;  (x, y) <- mixup
   SGD / Adam step on the cross-entropy of the classifier on x.
 A-LA's attacker is the classifier being trained, at its current weights, with BatchNorm in
-train or eval mode (`perturb.bn_mode`) and labels true or predicted (`perturb.labels`).
+train or eval mode (`perturb.bn_mode`), labels true or predicted (`perturb.labels`), and the
+running statistics its train-mode passes move kept or discarded (`perturb.bn_update`). The
+training forward runs BatchNorm in `classifier.train_bn_mode` ('eval': frozen at its initial
+statistics, as the authors' Fashion-MNIST notebook does by accident).
 
 Outputs in `<workdir>/classifier/`: checkpoints, TensorBoard events, `results.json` with
 `test_accuracy` (on `data.eval_split`), `train_accuracy`, `steps`, `device_count`, the learning
@@ -36,6 +39,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Checks the classifier and perturbation fields; raises naming the field and the fix."""
   cfg = config.classifier
   attack.from_perturb(config.perturb)
+  if cfg.train_bn_mode not in attack.BN_MODES:
+    raise ValueError(f"classifier.train_bn_mode={cfg.train_bn_mode!r}: use one of "
+                     f"{attack.BN_MODES}.")
   if cfg.optimizer not in ("sgd", "adam"):
     raise ValueError(f"classifier.optimizer={cfg.optimizer!r} is unknown; use 'sgd' or 'adam'.")
   if cfg.learning_rate <= 0:
@@ -56,24 +62,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def augment_batch(state, batch, key, frozen_models, *, model, config, spec, num_classes):
   """Image augmentation, perturbation, cutout and mixup of one batch -> (x, soft or int labels,
-  counts)."""
+  counts, the classifier's batch_stats after the perturbation's passes (`frozen.perturb_batch`))."""
   aug = config.classifier.augment
   k_img, k_pert, k_cut, k_mix = jax.random.split(key, 4)
   x, y = data.to_float(batch["image"]), batch["label"]
   cached = batch.get("latent")
 
-  def geometric(images):
-    if aug.crop_flip:
-      return augment.random_crop_flip(k_img, images, pad=aug.crop_pad, flip=aug.flip)
-    if aug.translate:
-      return augment.random_translate(k_img, images, max_frac=aug.translate)
-    return images
+  geometric = functools.partial(augment.geometric, k_img, crop_flip=aug.crop_flip,
+                                crop_pad=aug.crop_pad, flip=aug.flip, translate=aug.translate)
 
   if cached is None:
     x = geometric(x)
   counts = {"nonfinite_decodes": jnp.zeros((), jnp.int32)}
+  batch_stats = state.batch_stats
   if spec is not None:
-    x, counts["nonfinite_decodes"], keep = frozen.perturb_batch(
+    x, counts["nonfinite_decodes"], keep, batch_stats = frozen.perturb_batch(
         state, x, y, k_pert, frozen_models, model=model, spec=spec, z=cached)
     if spec.attack.density_percentile > 0:
       counts["density_kept"] = jnp.sum(keep).astype(jnp.int32)
@@ -84,20 +87,21 @@ def augment_batch(state, batch, key, frozen_models, *, model, config, spec, num_
   labels = y
   if aug.mixup_alpha:
     x, labels = augment.mixup(k_mix, x, jax.nn.one_hot(y, num_classes), alpha=aug.mixup_alpha)
-  return x, labels, counts
+  return x, labels, counts, batch_stats
 
 
 def train_step(state: models.ClassifierState, batch: dict, key: jax.Array,
                frozen_models: frozen.Frozen, *, model, config, spec, num_classes):
   """Augments the batch (see module doc) and takes one optimiser step on its cross-entropy."""
   key = jax.random.fold_in(key, state.step)
-  x, labels, counts = augment_batch(state, batch, key, frozen_models, model=model, config=config,
-                                    spec=spec, num_classes=num_classes)
+  x, labels, counts, batch_stats = augment_batch(
+      state, batch, key, frozen_models, model=model, config=config, spec=spec,
+      num_classes=num_classes)
 
   def loss_fn(params):
-    logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, x,
-                                  train=True, mutable=["batch_stats"])
-    return metrics.cross_entropy(logits, labels), (logits, updates["batch_stats"])
+    logits, stats = models.classify(model, params, batch_stats, x,
+                                    train=config.classifier.train_bn_mode == "train")
+    return metrics.cross_entropy(logits, labels), (logits, stats)
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   state = state.apply_gradients(grads=grads, batch_stats=batch_stats)

@@ -83,9 +83,9 @@ def attack_step(state, batch: dict, key: jax.Array, eps, step_size, frozen_model
   """
   x, y = data.to_float(batch["image"]), batch["label"]
   spec = dataclasses.replace(spec, attack=spec.attack.with_sizes(eps, step_size))
-  x_t, nonfinite, kept = frozen.perturb_batch(state, x, y, key, frozen_models, model=model,
-                                              spec=spec)
-  logits = models.classify(model, state.params, state.batch_stats, x_t, train=False)
+  x_t, nonfinite, kept, _ = frozen.perturb_batch(state, x, y, key, frozen_models, model=model,
+                                                 spec=spec)
+  logits, _ = models.classify(model, state.params, state.batch_stats, x_t, train=False)
   out = {"perturbed": x_t, "correct": jnp.argmax(logits, -1) == y, "density_kept": kept}
   out.update(metrics.perturbation_norms(x, x_t))
   return out, nonfinite

@@ -3,7 +3,8 @@
 Objective: the mean over the batch of bits/dim of the dequantised images,
   bpd(x) = -(log p(y) - D log 256) / (D log 2),  y = (255 x + u) / 256,  u ~ U(0, 1)^D,
 minimised with Adamax (lr 5e-4, L2 weight decay 5e-5 added to the gradient, linear warm-up over
-the first `warmup_samples` samples), as the authors' code does.
+the first `warmup_samples` samples), as the authors' code does (`flow.optimizer` 'adam' for their
+Fashion-MNIST notebook), on batches augmented by `flow.augment`.
 
 Outputs in `<workdir>/flow/`: checkpoints (the frozen flow for the classifier stage is the
 latest one), TensorBoard events, `samples.png`, and `results.json` with `val_bits_per_dim`,
@@ -17,12 +18,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from absl import logging
 from flax.training import train_state
 
-from jaxflowaug import data, flows, parallel
+from jaxflowaug import augment, data, flows, parallel
 from train import figures, frozen, input_pipeline, loop, models, results
 
 NAME = frozen.FLOW
@@ -39,14 +39,27 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for field in ("log_every", "checkpoint_every", "init_batch_size", "recon_examples"):
     if cfg[field] < 1:
       raise ValueError(f"flow.{field}={cfg[field]} must be >= 1.")
+  if cfg.optimizer not in OPTIMIZERS:
+    raise ValueError(f"flow.optimizer={cfg.optimizer!r} is unknown; use one of {OPTIMIZERS}.")
+  if cfg.augment.cutout or cfg.augment.mixup_alpha:
+    raise ValueError(f"flow.augment.cutout={cfg.augment.cutout} and flow.augment.mixup_alpha="
+                     f"{cfg.augment.mixup_alpha}: a flow models whole images, so only geometric "
+                     "augmentation (crop_flip, translate) applies to it; set both to 0.")
+  if cfg.augment.crop_pad < 0 or not 0 <= cfg.augment.translate < 1:
+    raise ValueError(f"flow.augment.crop_pad={cfg.augment.crop_pad} must be >= 0 and "
+                     f"flow.augment.translate={cfg.augment.translate} in [0, 1).")
+
+
+OPTIMIZERS = ("adamax", "adam")
 
 
 def create_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Adamax with L2 weight decay and a linear warm-up over `warmup_samples` samples."""
+  """`cfg.optimizer` (Adamax, the authors' Glow; Adam, their Fashion-MNIST notebook) with L2
+  weight decay added to the gradient and a linear warm-up over `warmup_samples` samples."""
   warmup_steps = max(1, cfg.warmup_samples // cfg.batch_size)
   schedule = optax.linear_schedule(0.0, cfg.learning_rate, warmup_steps)
   parts = [optax.clip_by_global_norm(cfg.max_grad_norm)] if cfg.max_grad_norm else []
-  parts += [optax.add_decayed_weights(cfg.weight_decay), optax.adamax(schedule)]
+  parts += [optax.add_decayed_weights(cfg.weight_decay), getattr(optax, cfg.optimizer)(schedule)]
   return optax.chain(*parts)
 
 
@@ -73,13 +86,23 @@ def create_train_state(flow: nn.Module, key: jax.Array, init_batch: dict,
   return FlowState.create(apply_fn=flow.apply, params=params, tx=tx, consts=dict(variables))
 
 
-def train_step(state: FlowState, batch: dict, key: jax.Array, flow: nn.Module):
-  """One Adamax step on mean bits/dim."""
-  x, y = data.to_float(batch["image"]), _labels(flow, batch)
+def augment_images(key: jax.Array, batch: dict, aug: ml_collections.ConfigDict) -> jax.Array:
+  """The flow's training images (B, H, W, C) in [0, 1] after `flow.augment`'s geometric
+  augmentation (`augment.geometric`)."""
+  return augment.geometric(key, data.to_float(batch["image"]), crop_flip=aug.crop_flip,
+                           crop_pad=aug.crop_pad, flip=aug.flip, translate=aug.translate)
+
+
+def train_step(state: FlowState, batch: dict, key: jax.Array, flow: nn.Module,
+               aug: ml_collections.ConfigDict):
+  """One optimiser step on the mean bits/dim of the augmented batch (`augment_images`)."""
+  dequant_key = jax.random.fold_in(key, state.step)
+  aug_key = jax.random.fold_in(dequant_key, 1)
+  x, y = augment_images(aug_key, batch, aug), _labels(flow, batch)
 
   def loss_fn(params):
     bpd = flow.apply(state.variables(params), x, y, dequantize=True, method=flow.bits_per_dim,
-                     rngs={"dequant": jax.random.fold_in(key, state.step)})
+                     rngs={"dequant": dequant_key})
     return jnp.mean(bpd)
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
@@ -104,10 +127,9 @@ def sample(variables: dict, key: jax.Array, flow: nn.Module, shape, temperature:
   return jnp.clip(x, 0.0, 1.0)
 
 
-def evaluate(variables, flow, split, cfg, mesh, key) -> float:
-  """Mean bits/dim over the (first `eval_examples` of the) evaluation split."""
-  if cfg.eval_examples:
-    split = split.take(np.arange(min(cfg.eval_examples, len(split))))
+def evaluate(variables, flow, split, cfg, mesh, key, seed: int) -> float:
+  """Mean bits/dim over the evaluation split (or `eval_examples` of it drawn with `seed`)."""
+  split = input_pipeline.seeded_subset(split, cfg.eval_examples, seed)
   step = jax.jit(lambda p, b, k: eval_step(p, b, k, flow))
   return input_pipeline.mean_over(
       lambda batch, i: step(variables, batch, jax.random.fold_in(key, i)), split,
@@ -126,7 +148,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, datasets: input_pipelin
   init_key, train_key, eval_key, sample_key = jax.random.split(jax.random.PRNGKey(config.seed), 4)
 
   logging.info("Initialising %s on %d images...", cfg.model, cfg.init_batch_size)
-  init_batch = input_pipeline.first_rows(datasets.flow_train, cfg.init_batch_size, mesh)
+  init_batch = input_pipeline.sample_rows(datasets.flow_train, cfg.init_batch_size, config.seed,
+                                          mesh)
   try:
     state = jax.jit(lambda k, b: create_train_state(flow, k, b, tx),
                     out_shardings=parallel.replicated(mesh))(init_key, init_batch)
@@ -138,20 +161,20 @@ def run(config: ml_collections.ConfigDict, workdir: str, datasets: input_pipelin
   num_params = int(sum(x.size for x in jax.tree.leaves(state.params)))
   logging.info("flow parameters: %d", num_params)
 
-  recon_batch = input_pipeline.first_rows(datasets.eval, cfg.recon_examples, mesh)
+  recon_batch = input_pipeline.sample_rows(datasets.eval, cfg.recon_examples, config.seed, mesh)
   recon_fn = jax.jit(lambda s, b: frozen.reconstruction_error(
       frozen.Generator(NAME, flow, s.variables()), b))
   recon = lambda s: {"reconstruction_error": parallel.to_host(recon_fn(s, recon_batch))}
   stage_dir = os.path.join(workdir, NAME)
   state = loop.train(
-      stage_dir, desc=NAME, state=state, step_fn=lambda s, b, k: train_step(s, b, k, flow),
+      stage_dir, desc=NAME, state=state, step_fn=lambda s, b, k: train_step(s, b, k, flow, cfg.augment),
       batch=loader.batch, key=train_key, total_steps=total_steps,
       identity=models.flow_identity(config, datasets.image_shape, datasets.num_classes),
       log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every, mesh=mesh,
       nonfinite_fix="Lower flow.learning_rate, lengthen flow.warmup_samples or set "
                     "flow.max_grad_norm, then rerun.", log_extra=recon).state
 
-  val_bpd = evaluate(state.variables(), flow, datasets.eval, cfg, mesh, eval_key)
+  val_bpd = evaluate(state.variables(), flow, datasets.eval, cfg, mesh, eval_key, config.seed)
   n = cfg.num_samples
   labels = jnp.arange(n) % datasets.num_classes if flow.num_classes else None
   samples = parallel.to_host(jax.jit(

@@ -144,7 +144,7 @@ def _figures(params, model, datasets, cfg, key, stage_dir, mesh) -> dict:
   samples = parallel.to_host(jax.jit(lambda p, k: model.apply(
       {"params": p}, jax.random.normal(k, (n, cfg.latent_dim)), y, method=model.decode))(
           params, key))
-  batch = input_pipeline.first_rows(datasets.eval, cfg.recon_examples, mesh)
+  batch = input_pipeline.sample_rows(datasets.eval, cfg.recon_examples, config.seed, mesh)
   x = data.to_float(batch["image"])
   yb = batch["label"] if model.num_classes else None
   recon = jax.jit(lambda p, x, y: model.apply(
