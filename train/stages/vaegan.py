@@ -128,7 +128,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, datasets: input_pipelin
   recon_fn = jax.jit(lambda p, b: reconstruct(p, b, model=model))
   errors = input_pipeline.mean_over(lambda b, _: recon_fn(state.params, b), datasets.eval,
                                     cfg.batch_size, mesh)
-  figures_out = _figures(state.params, model, datasets, cfg, sample_key, stage_dir, mesh)
+  figures_out = _figures(state.params, model, datasets, cfg, sample_key, stage_dir, mesh,
+                         config.seed)
   final = {"val_reconstruction_mse": errors["mse"], "val_reconstruction_mae": errors["mae"],
            "steps": total_steps, "epochs": cfg.epochs,
            "num_params": int(sum(x.size for x in jax.tree.leaves(state.params))), **figures_out}
@@ -136,15 +137,16 @@ def run(config: ml_collections.ConfigDict, workdir: str, datasets: input_pipelin
   return results.write(stage_dir, final, config)
 
 
-def _figures(params, model, datasets, cfg, key, stage_dir, mesh) -> dict:
-  """samples.png (prior decodes) and reconstructions.png (x over G(mu(x))); process 0 only."""
+def _figures(params, model, datasets, cfg, key, stage_dir, mesh, seed: int) -> dict:
+  """samples.png (prior decodes) and reconstructions.png (x over G(mu(x)) of a seeded sample
+  of evaluation images); process 0 only."""
   n = cfg.num_samples
   labels = jnp.arange(n) % datasets.num_classes
   y = labels if model.num_classes else None
   samples = parallel.to_host(jax.jit(lambda p, k: model.apply(
       {"params": p}, jax.random.normal(k, (n, cfg.latent_dim)), y, method=model.decode))(
           params, key))
-  batch = input_pipeline.sample_rows(datasets.eval, cfg.recon_examples, config.seed, mesh)
+  batch = input_pipeline.sample_rows(datasets.eval, cfg.recon_examples, seed, mesh)
   x = data.to_float(batch["image"])
   yb = batch["label"] if model.num_classes else None
   recon = jax.jit(lambda p, x, y: model.apply(
