@@ -58,6 +58,7 @@ def _common() -> ml_collections.ConfigDict:
                                        # what backprop keeps per step (flows.bijector.REMAT)
   c.flow.conditional = False
   c.flow.checkpoint = ""               # workdir of a finished flow run; '' = this workdir's own
+  c.flow.allow_unfinished = False      # True: freeze a flow whose training did not finish
   c.flow.batch_size = 64
   c.flow.epochs = 250.0
   c.flow.learning_rate = 5e-4
@@ -80,6 +81,7 @@ def _common() -> ml_collections.ConfigDict:
   c.vaegan.beta = 1.0                  # weight of KL(q(z|x) || N(0, I))
   c.vaegan.gan_weight = 1.0            # weight of the decoder's adversarial loss
   c.vaegan.checkpoint = ""             # workdir of a finished vaegan run; '' = this workdir's own
+  c.vaegan.allow_unfinished = False    # True: freeze a VAE-GAN whose training did not finish
   c.vaegan.batch_size = 100
   c.vaegan.epochs = 30.0
   c.vaegan.learning_rate = 1e-3

@@ -15,7 +15,7 @@ from PIL import Image
 from configs import cifar10_adv, cifar10_flow, cifar10_pgd, cifar10_standard
 from jaxflowaug import parallel
 from test_train import _npz
-from train import checkpoint, input_pipeline, main, models
+from train import checkpoint, input_pipeline, main, models, results
 from train.stages import flow as flow_stage
 
 
@@ -59,8 +59,9 @@ def _refused(config, workdir, error, match):
 
 
 def _save_flow(workdir, config, poison=False):
-  """A flow 'workdir' whose checkpoint holds a freshly initialised Glow for `config`'s data
-  (its decode is exact), or with `poison` one whose parameters are all NaN."""
+  """A finished flow 'workdir' (checkpoint and results.json of step 1) whose checkpoint holds a
+  freshly initialised Glow for `config`'s data (its decode is exact), or with `poison` one whose
+  parameters are all NaN."""
   datasets = input_pipeline.load(config)
   flow = models.create_flow(config, datasets.num_classes)
   state = jax.jit(lambda key, batch: flow_stage.create_train_state(
@@ -74,6 +75,7 @@ def _save_flow(workdir, config, poison=False):
       models.flow_identity(config, datasets.image_shape, datasets.num_classes))
   ckpt.save(1, state)
   ckpt.close()
+  results.write_json_atomic(os.path.join(workdir, "flow", results.RESULTS_FILE), {"steps": 1})
   return str(workdir)
 
 

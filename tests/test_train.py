@@ -88,7 +88,7 @@ def test_flow_checkpoint_reloads_exactly_without_actnorm_reinit(flow_run, cifar_
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "flow", "checkpoints"),
                                  models.flow_identity(config, datasets.image_shape,
                                                       datasets.num_classes))
-  state, _ = ckpt.restore_raw(ckpt.latest_step())
+  _, state, _ = ckpt.restore_latest()
   jax.tree.map(np.testing.assert_array_equal, state["params"], variables["params"])
 
 

@@ -1,9 +1,10 @@
 """The one training loop every stage runs: restore, step, check, log, evaluate, save, close.
 
 A stage gives its initial state, its step function, its batches and its identity; the loop
-1. restores the latest checkpoint of `<stage_dir>/checkpoints` (refusing one of another
-   identity) and continues from its step: batches are a pure function of the step, so a
-   resumed run sees exactly the batches an uninterrupted one would;
+1. restores the newest checkpoint of `<stage_dir>/checkpoints` that restores (refusing one of
+   another identity, skipping damaged ones with a warning) and continues from its step:
+   batches are a pure function of the step, so a resumed run sees exactly the batches an
+   uninterrupted one would;
 2. runs `step_fn(state, batch, key, *args) -> (state, metrics)` jitted, the state donated,
    outputs replicated over the mesh;
 3. every `log_every` steps and before every save, checks every metric of every step since the
@@ -68,9 +69,9 @@ def train(stage_dir: str, *, desc: str, state: Any, step_fn: Callable, batch: Ca
   repl = parallel.replicated(mesh)
   ckpt = checkpoint.Checkpointer(f"{stage_dir}/checkpoints", identity)
   curves, totals = [], {k: 0 for k in sums}
-  start = ckpt.latest_step()
+  start, restored, meta = ckpt.restore_latest(state)
   if start is not None:
-    state, meta = ckpt.restore(start, state)
+    state = restored
     curves, totals = meta.get("curves", []), dict(totals, **meta.get("sums", {}))
     logging.info("Resumed %s training from step %d.", desc, start)
   start = int(state.step)

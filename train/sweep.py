@@ -74,8 +74,13 @@ def table(summary: list) -> str:
 def run(config: ml_collections.ConfigDict, workdir: str,
         run_one: Callable[[ml_collections.ConfigDict, str], dict]) -> dict:
   """Runs every experiment of the sweep with `run_one(config, workdir)` (skipping finished
-  ones) and writes the summary."""
-  workdir = workdirs.check_workdir(workdir)
+  ones) and writes the summary; one sweep at a time per workdir (`workdirs.claimed`)."""
+  with workdirs.claimed(workdir) as workdir:
+    return _run_all(config, workdir, run_one)
+
+
+def _run_all(config: ml_collections.ConfigDict, workdir: str,
+             run_one: Callable[[ml_collections.ConfigDict, str], dict]) -> dict:
   rows, start = [], time.time()
   for name, child in expand(config, workdir):
     path = os.path.join(workdir, name)

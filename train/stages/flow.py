@@ -41,6 +41,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"flow.{field}={cfg[field]} must be >= 1.")
 
 
+def identity(config: ml_collections.ConfigDict, datasets: input_pipeline.Datasets) -> dict:
+  """What fixes this stage's results: the flow's checkpoint identity, its training fields
+  (less cadences and what names or guards a checkpoint) and the seed. A finished stage is
+  skipped only for the same identity."""
+  training = {k: v for k, v in config.flow.to_dict().items() if k not in (
+      "model", "arch", "conditional", "checkpoint", "allow_unfinished", "log_every",
+      "checkpoint_every")}
+  return dict(models.flow_identity(config, datasets.image_shape, datasets.num_classes),
+              training=training, seed=config.seed)
+
+
 def create_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """Adamax with L2 weight decay and a linear warm-up over `warmup_samples` samples."""
   warmup_steps = max(1, cfg.warmup_samples // cfg.batch_size)
@@ -163,4 +174,4 @@ def run(config: ml_collections.ConfigDict, workdir: str, datasets: input_pipelin
            "steps": total_steps, "epochs": cfg.epochs, "num_params": num_params,
            "samples_png": figures.save_png(grid, os.path.join(stage_dir, "samples.png"))}
   logging.info("flow done: %s", final)
-  return results.write(stage_dir, final, config)
+  return results.write(stage_dir, final, config, identity(config, datasets))
