@@ -4,7 +4,9 @@ Layout: `<workdir>/<stage>/checkpoints/<step>/{state,meta}`. `meta` holds the st
 position: batches are a pure function of (seed, step), so the step alone resumes the input
 pipeline exactly), whatever the stage adds (its learning curves, counters), and the stage's
 *identity*, the config fields that fix what is being trained. Restoring into a workdir whose
-identity differs raises instead of silently mixing experiments.
+identity differs raises instead of silently mixing experiments. A checkpoint that does not
+restore (garbled, truncated, a file missing) is skipped, with a warning naming its step, for the
+previous one (`Checkpointer.restore_latest`).
 
 Saves run in the background (training goes on meanwhile) and are atomic: orbax writes
 `<step>.orbax-checkpoint-tmp` and renames it to `<step>` once complete, so a run killed during a
