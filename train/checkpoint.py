@@ -22,25 +22,17 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from train import labels
+
 
 def canonical(identity: Mapping[str, Any]) -> Any:
   """`identity` as it reads back from JSON (tuples as lists, sorted keys), for comparisons."""
   return json.loads(json.dumps(identity, sort_keys=True, default=str))
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict:
-  """Nested dicts -> {'a.b': leaf}, so that differences name config fields."""
-  if not isinstance(tree, Mapping):
-    return {prefix: tree}
-  flat = {}
-  for k, v in tree.items():
-    flat.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-  return flat
-
-
 def identity_diff(saved: Any, current: Any, where: str = "checkpoint") -> str:
   """The fields where two identity records differ: 'field: saved (where) vs current'."""
-  theirs, ours = _flatten(saved or {}), _flatten(current or {})
+  theirs, ours = labels.flatten(saved or {}), labels.flatten(current or {})
   missing = "(absent)"
   return "; ".join(f"{k}: {theirs.get(k, missing)!r} ({where}) vs {ours.get(k, missing)!r}"
                    for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k))

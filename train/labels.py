@@ -1,5 +1,6 @@
 """Run labels for the report and the sweeps: readable names of attacks, of training methods,
-and of the groups of runs that differ only in their seed."""
+and of the groups of runs that differ only in their seed (`setting`), and config fields as
+dotted names (`flatten`, also for the identity checks of train/checkpoint.py)."""
 import re
 from typing import Any, Mapping
 
@@ -42,12 +43,13 @@ def group_key(name: str) -> str:
   return re.sub(r"_s\d+$", "", name)
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict:
+def flatten(tree: Any, prefix: str = "") -> dict:
+  """Nested dicts -> {'a.b': leaf}, so that differences name config fields."""
   if not isinstance(tree, Mapping):
     return {prefix: tree}
   flat = {}
   for k, v in tree.items():
-    flat.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    flat.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
   return flat
 
 
@@ -56,9 +58,9 @@ def setting(payload: Mapping[str, Any]) -> dict:
   results.json stores and those of the frozen models it used (`frozen`), or, in results written
   before identities were stored, its whole config. Runs of equal settings differ only in their
   seed: the only runs that may be pooled as seeds."""
-  flat = _flatten(payload.get("identity", payload.get("config", {})))
+  flat = flatten(payload.get("identity", payload.get("config", {})))
   for kind, origin in (payload.get("frozen") or {}).items():
-    flat.update(_flatten(origin.get("identity", {}), f"frozen.{kind}"))
+    flat.update(flatten(origin.get("identity", {}), f"frozen.{kind}"))
   return {k: v for k, v in flat.items() if k.split(".")[-1] != "seed"}
 
 
