@@ -7,7 +7,9 @@ FileNotFoundError / NotADirectoryError / PermissionError, RuntimeError such as
 `loop.NonFiniteError`) whose raising frame is in this project's own code (train/, jaxflowaug/,
 configs/). The project raised it on purpose with a message naming the field and the fix. The
 same types raised inside a library (a ValueError deep in jax is a bug, ours or theirs) keep
-their traceback, as does every other type (TypeError, KeyError, AssertionError, ...).
+their traceback, as does every other type (TypeError, KeyError, AssertionError, ...). The price
+of this rule: a ValueError from a C function (numpy) called directly in our code also reads as
+ours.
 
 An exception may carry `exit_status` (e.g. a run stopped by SIGTERM exits 128 + 15).
 """

@@ -11,7 +11,8 @@ name a key). A config with a non-empty `sweep` runs each of its experiments into
 
 Rerunning the same command resumes: a finished stage is skipped (only if it finished for the
 same identity, see `identity` in each stage; else the run is refused, naming the differing
-fields), an interrupted one continues from its last checkpoint. One run at a time per workdir
+fields), an interrupted one continues from its last checkpoint; SIGTERM or SIGINT saves the
+step in progress and exits 128 + the signal (train/loop.py). One run at a time per workdir
 (train/workdir.py). An error the user can cause ends in one line naming the fix, exit status 2
 (train/errors.py).
 """
