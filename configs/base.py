@@ -84,6 +84,7 @@ def _common() -> ml_collections.ConfigDict:
       crop_flip=True, crop_pad=4, flip=True, translate=0.0, cutout=0, mixup_alpha=0.0))
   c.flow.checkpoint = ""               # workdir of a finished flow run; '' = this workdir's own
   c.flow.optimizer = "adamax"          # 'adamax' (the authors' Glow) | 'adam' (their FMNIST notebook)
+  c.flow.allow_unfinished = False      # True: freeze a flow whose training did not finish
   c.flow.batch_size = 64
   c.flow.epochs = 250.0
   c.flow.learning_rate = 5e-4
@@ -108,6 +109,7 @@ def _common() -> ml_collections.ConfigDict:
   c.vaegan.beta = 1.0                  # weight of KL(q(z|x) || N(0, I))
   c.vaegan.gan_weight = 1.0            # weight of the decoder's adversarial loss
   c.vaegan.checkpoint = ""             # workdir of a finished vaegan run; '' = this workdir's own
+  c.vaegan.allow_unfinished = False    # True: freeze a VAE-GAN whose training did not finish
   c.vaegan.batch_size = 100
   c.vaegan.epochs = 30.0
   c.vaegan.learning_rate = 1e-3

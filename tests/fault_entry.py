@@ -7,7 +7,9 @@ KIND (each at most once; STEP counts the steps done before the faulty one, as `s
 - nan_decode: at classifier step STEP, the latent code decodes the batch's first image to NaN
   (in every decode of the attack), so it must fall back to its clean image and be counted;
 - kill_during_save: SIGKILL the process once the checkpoint of STEP (steps done) is written
-  but before orbax commits it, the worst moment for a preemption to strike.
+  but before orbax commits it, the worst moment for a preemption to strike;
+- sigterm: send the process SIGTERM (a preemption notice) while it fetches the batch of step
+  STEP of the first stage to reach it, so the signal lands in the middle of that step.
 Production code has no hooks for these: they wrap the stages' functions from outside.
 """
 import collections
@@ -23,7 +25,7 @@ import jax.numpy as jnp  # noqa: E402
 from absl import app  # noqa: E402
 from flax import struct  # noqa: E402
 
-from train import checkpoint, frozen, main  # noqa: E402
+from train import checkpoint, frozen, input_pipeline, main  # noqa: E402
 from train.stages import classifier, flow  # noqa: E402
 
 
@@ -80,7 +82,20 @@ def _kill_during_save(step: int) -> None:
   checkpoint.Checkpointer.save = record_then_save
 
 
-FAULTS = {"flow_nan": _flow_nan, "nan_decode": _nan_decode, "kill_during_save": _kill_during_save}
+def _sigterm(step: int) -> None:
+  batch, sent = input_pipeline.Loader.batch, []
+
+  def batch_then_signal(self, at):
+    if at == step and not sent:
+      sent.append(at)
+      os.kill(os.getpid(), signal.SIGTERM)
+    return batch(self, at)
+
+  input_pipeline.Loader.batch = batch_then_signal
+
+
+FAULTS = {"flow_nan": _flow_nan, "nan_decode": _nan_decode, "kill_during_save": _kill_during_save,
+          "sigterm": _sigterm}
 
 if __name__ == "__main__":
   argv = []

@@ -5,7 +5,12 @@ and message (the config field or flag to change), and that the work directory ho
 new afterwards: no checkpoints, no results. The README's troubleshooting table lists them.
 """
 import io
+import json
 import os
+import re
+import socket
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -15,7 +20,8 @@ from PIL import Image
 from configs import cifar10_adv, cifar10_flow, cifar10_pgd, cifar10_standard
 from jaxflowaug import parallel
 from test_train import _npz
-from train import checkpoint, input_pipeline, main, models
+from train import checkpoint, errors, frozen, input_pipeline, main, models, results
+from train import workdir as workdirs
 from train.stages import flow as flow_stage
 
 
@@ -49,18 +55,21 @@ def _tree(path):
 
 
 def _refused(config, workdir, error, match):
-  """Runs the experiment; asserts it raises `error` matching `match` and writes nothing."""
+  """Runs the experiment; asserts it raises `error` matching `match` and writes nothing (not
+  even an empty workdir)."""
   workdir = str(workdir)
-  before = _tree(workdir)
+  before, existed = _tree(workdir), os.path.exists(workdir)
   with pytest.raises(error, match=match) as raised:
     main.run(config, workdir)
   assert _tree(workdir) == before, "a refused run must leave nothing behind"
+  assert os.path.exists(workdir) == existed, "a refused run must not create its workdir"
   return str(raised.value)
 
 
 def _save_flow(workdir, config, poison=False):
-  """A flow 'workdir' whose checkpoint holds a freshly initialised Glow for `config`'s data
-  (its decode is exact), or with `poison` one whose parameters are all NaN."""
+  """A finished flow 'workdir' (checkpoint and results.json of step 1) whose checkpoint holds a
+  freshly initialised Glow for `config`'s data (its decode is exact), or with `poison` one whose
+  parameters are all NaN."""
   datasets = input_pipeline.load(config)
   flow = models.create_flow(config, datasets.num_classes)
   state = jax.jit(lambda key, batch: flow_stage.create_train_state(
@@ -74,6 +83,7 @@ def _save_flow(workdir, config, poison=False):
       models.flow_identity(config, datasets.image_shape, datasets.num_classes))
   ckpt.save(1, state)
   ckpt.close()
+  results.write_json_atomic(os.path.join(workdir, "flow", results.RESULTS_FILE), {"steps": 1})
   return str(workdir)
 
 
@@ -198,6 +208,82 @@ def test_flow_that_does_not_invert_is_refused(good, tmp_path, poison, limit, mat
   _refused(config, tmp_path / "work", ValueError, match)
 
 
+def test_unfinished_flow_is_refused_unless_allowed(good, tmp_path):
+  config = _config(cifar10_adv, good)
+  config.flow.checkpoint = _save_flow(tmp_path / "flow", config)
+  os.remove(os.path.join(config.flow.checkpoint, "flow", results.RESULTS_FILE))  # killed run
+  _refused(config, tmp_path / "work", ValueError,
+           r"The flow of '.*flow' did not finish training \(no .*flow/results\.json\)\. Rerun "
+           r"its flow stage to finish it \(it resumes\), or set flow\.allow_unfinished=True")
+  results.write_json_atomic(os.path.join(config.flow.checkpoint, "flow", results.RESULTS_FILE),
+                            {"steps": 400})  # finished, but its last checkpoint is lost
+  _refused(config, tmp_path / "work", ValueError,
+           r"did not finish training \(its newest restorable checkpoint is step 1 of 400\)")
+  config.flow.allow_unfinished = True
+  datasets = input_pipeline.load(config)
+  gen = frozen.load_flow(config, str(tmp_path / "work"), datasets, parallel.make_mesh())
+  assert frozen.origins(gen) == {"flow": {
+      "path": os.path.join(config.flow.checkpoint, "flow", "checkpoints"), "step": 1,
+      "finished": False,
+      "identity": checkpoint.canonical(models.flow_identity(config, (8, 8, 3), 10))}}
+
+
+def test_evaluation_of_a_workdir_without_classifier_names_the_workdir(good, tmp_path):
+  config = _config(cifar10_adv, good, stages=("evaluate",))
+  _refused(config, tmp_path / "nowhere", FileNotFoundError,
+           r"--workdir=.*nowhere holds no trained classifier .*; name that run's --workdir, or "
+           r"add 'classifier' to config\.stages")
+
+
+# --- damaged files ---------------------------------------------------------------------------
+
+
+def _damage(step_dir, how):
+  """Damages checkpoint `step_dir` as a disk fault or a copy cut short would."""
+  if how == "no meta/metadata":
+    os.remove(os.path.join(step_dir, "meta", "metadata"))
+  elif how == "no state/_METADATA":
+    os.remove(os.path.join(step_dir, "state", "_METADATA"))
+  else:  # every file of the state truncated ('truncated') or overwritten ('garbled')
+    for d, _, files in os.walk(os.path.join(step_dir, "state")):
+      for name in files:
+        with open(os.path.join(d, name), "r+b") as f:
+          if how == "truncated":
+            f.truncate(os.path.getsize(f.name) // 2)
+          else:
+            f.write(b"garbage" * 8)
+
+
+@pytest.mark.parametrize("how", ["garbled", "truncated", "no meta/metadata",
+                                 "no state/_METADATA"])
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(how, tmp_path, caplog):
+  directory = str(tmp_path / "checkpoints")
+  ckpt = checkpoint.Checkpointer(directory, {"model": "m"})
+  for step in (1, 2):
+    ckpt.save(step, {"w": np.full(3, float(step))})
+  ckpt.close()
+  _damage(os.path.join(directory, "2"), how)
+  # Read-only (a frozen model): the damaged step is skipped and kept.
+  state, origin = checkpoint.load_frozen(directory, "flow", {"model": "m"}, "flow.checkpoint",
+                                         "")
+  assert origin["step"] == 1 and state["w"].tolist() == [1.0] * 3
+  assert "Checkpoint 2 in " in caplog.text and "keeping it" in caplog.text
+  assert os.path.isdir(os.path.join(directory, "2"))
+  # Writable (a resuming stage): skipped and deleted, so that training can save step 2 again.
+  ckpt = checkpoint.Checkpointer(directory, {"model": "m"})
+  step, state, _ = ckpt.restore_latest({"w": np.zeros(3)})
+  assert step == 1 and state["w"].tolist() == [1.0] * 3 and ckpt.latest_step() == 1
+  ckpt.save(2, state)
+  ckpt.close()
+  # None restores: one error naming the directory to delete.
+  _damage(os.path.join(directory, "1"), how)
+  _damage(os.path.join(directory, "2"), how)
+  with pytest.raises(ValueError, match=rf"No checkpoint in {directory} restores \(steps \[2, "
+                                       rf"1\]: damaged, see the warnings above\)\. Delete "
+                                       rf"{directory} to start that stage over\."):
+    checkpoint.Checkpointer(directory, {"model": "m"}).restore_latest({"w": np.zeros(3)})
+
+
 # --- config values ---------------------------------------------------------------------------
 
 
@@ -269,6 +355,38 @@ def test_read_only_workdir_is_refused(good, tmp_path):
            r"--workdir=.* is not writable; choose a writable directory")
 
 
+def _lock(workdir, pid):
+  """A lock of `workdir` as a run of `pid` on this host leaves it."""
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, workdirs.LOCK_FILE), "w") as f:
+    json.dump({"pid": pid, "host": socket.gethostname(), "started": "today",
+               "command": "python -m train.main ..."}, f)
+
+
+def test_workdir_in_use_by_another_run_is_refused(good, tmp_path):
+  workdir = str(tmp_path / "work")
+  _lock(workdir, os.getppid())  # a live process
+  message = _refused(_config(cifar10_standard, good), workdir, ValueError,
+                     rf"--workdir=.*work is in use by another run \(pid {os.getppid()} on host "
+                     rf"{socket.gethostname()}, started today: python -m train\.main \.\.\.\)\. "
+                     r"Wait for it to finish or stop it, or use another --workdir")
+  assert f"delete {os.path.join(workdir, workdirs.LOCK_FILE)}" in message
+
+
+def test_lock_of_a_killed_run_is_taken_over_and_released(tmp_path):
+  workdir = str(tmp_path / "work")
+  dead = subprocess.Popen(["true"])
+  dead.wait()
+  _lock(workdir, dead.pid)
+  with workdirs.claimed(workdir):
+    with open(os.path.join(workdir, workdirs.LOCK_FILE)) as f:
+      assert json.load(f)["pid"] == os.getpid()
+    with pytest.raises(ValueError, match="is in use by another run"):
+      with workdirs.claimed(workdir):
+        pass
+  assert os.listdir(workdir) == []
+
+
 def test_speed_only_settings_are_not_part_of_an_identity(good):
   """A flow trained with one remat policy, or a classifier with unrolled PGD, is the same run."""
   config = _config(cifar10_pgd, good)
@@ -279,3 +397,36 @@ def test_speed_only_settings_are_not_part_of_an_identity(good):
   assert models.flow_identity(other, (32, 32, 3), 10) == models.flow_identity(
       config, (32, 32, 3), 10)
   assert models.classifier_identity(other) == models.classifier_identity(config)
+
+
+# --- how the programs end ----------------------------------------------------------------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("args,match", [
+    (("train.main", "--config=configs/fmnist_adv.py:smoke", "--config.perturb.epss=1"),
+     r"^error: --config\.perturb\.epss: configs/fmnist_adv\.py has no field 'perturb\.epss'; "
+     r"did you mean perturb\.eps\?$"),
+    (("train.main", "--config=configs/fmnist_adv.py:smoke", "--config.perturb.method=magic"),
+     r"^error: perturb\.method='magic' is unknown"),
+    (("train.report", "nowhere"), r"^error: RUNS_DIR='nowhere' is not a directory"),
+])
+def test_user_errors_end_in_one_line_with_status_2(args, match, tmp_path):
+  workdir = tmp_path / "work"
+  extra = (f"--workdir={workdir}",) if args[0] == "train.main" else ()
+  proc = subprocess.run([sys.executable, "-m", *args, *extra], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  assert re.search(match, proc.stderr.strip().splitlines()[-1]), proc.stderr[-3000:]
+  assert not workdir.exists()
+
+
+def test_library_errors_keep_their_traceback():
+  """A ValueError raised inside a library (a bug, ours or theirs) is not one of our messages."""
+  with pytest.raises(ValueError) as raised:
+    jax.make_mesh((jax.device_count() + 1,), ("data",))
+  assert not errors.is_user_error(raised.value)
+  with pytest.raises(ValueError) as raised:
+    main.run(_config(cifar10_standard, ("npz:", ""), stages=()), "unused")
+  assert errors.is_user_error(raised.value)

@@ -11,7 +11,7 @@ import pytest
 
 from configs import cifar10_standard
 from jaxflowaug import data, fid, metrics, models, parallel, perturb
-from train import attack, checkpoint, frozen, input_pipeline, main
+from train import attack, checkpoint, frozen, input_pipeline, main, results
 from train import models as run_models
 from train.stages import evaluate
 from train.stages import flow as flow_stage
@@ -50,7 +50,8 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def flow_dir(tiny, tmp_path_factory):
-  """A workdir holding an initialised (untrained) smoke Glow checkpoint: its decode is exact."""
+  """A workdir holding an initialised (untrained) smoke Glow checkpoint, as a finished flow
+  stage of 1 step (checkpoint and results.json): its decode is exact."""
   config = _config(tiny, ())
   datasets = input_pipeline.load(config)
   flow = run_models.create_flow(config, datasets.num_classes)
@@ -64,6 +65,7 @@ def flow_dir(tiny, tmp_path_factory):
       run_models.flow_identity(config, datasets.image_shape, datasets.num_classes))
   ckpt.save(1, state)
   ckpt.close()
+  results.write_json_atomic(os.path.join(workdir, "flow", results.RESULTS_FILE), {"steps": 1})
   return workdir
 
 

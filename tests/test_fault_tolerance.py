@@ -7,7 +7,9 @@ experiment in a second workdir stopped five times on its way: by a NaN in flow t
 SIGKILL at a random step of each stage and by SIGKILL during a checkpoint save of each stage.
 Its final `results.json` must equal the uninterrupted run's, number for number (on CPU a resumed
 run computes exactly what an uninterrupted one does). Both runs inject a NaN into one A-LA decode,
-which must fall back to the clean image and be counted, across the resumes too.
+which must fall back to the clean image and be counted, across the resumes too. A third
+workdir is stopped by SIGTERM (a preemption notice) mid-step: it saves that step, and its rerun
+gives the same results too.
 
 Subprocesses share a persistent XLA compilation cache, so only the first run compiles.
 """
@@ -35,7 +37,7 @@ def _strip(results):
   """The numbers of a results.json: without config, versions and file paths."""
   if isinstance(results, dict):
     return {k: _strip(v) for k, v in results.items()
-            if k not in ("config", "versions") and not k.endswith("_png")}
+            if k not in ("config", "versions", "path") and not k.endswith("_png")}
   return results
 
 
@@ -60,7 +62,7 @@ class Runner:
 
   def __init__(self, data, cache_dir, workdir):
     source, data_dir = data
-    self.workdir, self.runs = workdir, 0
+    self.data, self.cache_dir, self.workdir, self.runs = data, cache_dir, workdir, 0
     self.args = [
         "--config=configs/cifar10_adv.py:smoke", f"--workdir={workdir}",
         f"--config.data.source={source}", f"--config.data.data_dir={data_dir}",
@@ -171,3 +173,18 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(runs):
   assert rc == 0, out[-3000:]
   assert _steps(w, "classifier") == ([CLASSIFIER_STEPS - CLASSIFIER_EVERY, CLASSIFIER_STEPS], [])
   assert _strip(_read(w)) == _strip(expected), delays
+
+
+def test_sigterm_saves_the_step_and_the_rerun_equals_uninterrupted_run(runs, tmp_path):
+  expected, _, other = runs
+  run = Runner(other.data, other.cache_dir, str(tmp_path / "preempted"))
+  stop_at = FLOW_EVERY + 5  # the signal arrives during step 14, between two periodic saves
+  rc, out = run(f"--fault=sigterm:{stop_at}")
+  assert rc == 128 + signal.SIGTERM, out[-3000:]
+  assert f"flow training stopped by SIGTERM after step {stop_at + 1}" in out
+  assert _steps(run.workdir, "flow") == ([FLOW_EVERY, stop_at + 1], [])
+  assert not os.path.exists(os.path.join(run.workdir, ".lock"))
+  rc, out = run()
+  assert rc == 0, out[-3000:]
+  assert f"Resumed flow training from step {stop_at + 1}." in out
+  assert _strip(_read(run.workdir)) == _strip(expected)

@@ -163,3 +163,26 @@ def test_method_labels_name_the_generator_fraction_and_density_filter():
   config.classifier.augment.update(crop_flip=True, cutout=8, mixup_alpha=0.2)
   assert labels.method_label(config.to_dict()) == (
       "A-LA linf ε 0.05 α 0.01 k 10, density p10 shrink + Cutout + Mixup")
+
+
+def test_report_pools_only_runs_that_differ_in_their_seed(tmp_path):
+  sweep_dir = os.path.join(str(tmp_path), "sweep")
+  for seed, epochs, accuracy in ((0, 1.0, 0.40), (1, 1.0, 0.42), (2, 25.0, 0.56)):
+    config = fmnist_adv.get_config()
+    config.seed, config.classifier.epochs = seed, epochs
+    _write(sweep_dir, f"ala_s{seed}", "classifier", config, test_accuracy=accuracy,
+           train_examples=600)
+  # The sweep's own results.json, and its run 'flow', whose run-level results.json sits in a
+  # directory named like a stage: neither is a stage's.
+  _write(sweep_dir, "flow", "flow", fmnist_adv.get_config(), val_bits_per_dim=1.5)
+  results.write_json_atomic(os.path.join(sweep_dir, "flow", results.RESULTS_FILE),
+                            dict(val_bits_per_dim=1.5, config=fmnist_adv.get_config().to_dict(),
+                                 stages={"flow": {}}))
+  results.write_json_atomic(os.path.join(sweep_dir, results.RESULTS_FILE),
+                            {"runs": [], "summary": []})
+  lines = report.write_report(sweep_dir).splitlines()
+  method = "A-LA linf ε 0.05 α 0.01 k 10 (no DA)"
+  assert f"| {method} (classifier.epochs=1.0) | 41.0 ± 1.0 (n=2) |" in lines
+  assert f"| {method} (classifier.epochs=25.0) | 56.0 |" in lines
+  assert "| flow | Fashion-MNIST | DenseFlow | 1.500 | – |" in lines
+  assert not any(line.startswith("| . |") for line in lines)

@@ -76,3 +76,15 @@ def test_every_sweep_config_expands_to_valid_runs(module, variant, tmp_path):
   for _, child in runs:
     if "classifier" in child.stages:
       classifier.validate(child)
+
+
+def test_sweep_refuses_a_finished_run_of_another_config(source, tmp_path):
+  runs = [("standard_s0", "fmnist_standard", dict(source, seed=0))]
+  sweep.run(base.sweep(runs, "smoke"), str(tmp_path),
+            lambda c, w: (os.makedirs(w), {"config": c.to_dict(), "test_accuracy": 0.5})[1])
+  changed = [("standard_s0", "fmnist_standard", dict(source, seed=0,
+                                                    **{"classifier.epochs": 25.0}))]
+  with pytest.raises(ValueError, match=r"sweep run 'standard_s0' in .* finished with another "
+                                       r"config \(classifier\.epochs: 1\.0 \(finished run\) vs "
+                                       r"25\.0\)"):
+    sweep.run(base.sweep(changed, "smoke"), str(tmp_path), main.run)

@@ -1,6 +1,7 @@
 """End-to-end smoke runs of `train.main.run` on tiny synthetic datasets (npz sources)."""
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -113,7 +114,7 @@ def test_flow_checkpoint_reloads_exactly_without_actnorm_reinit(flow_run, cifar_
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "flow", "checkpoints"),
                                  models.flow_identity(config, datasets.image_shape,
                                                       datasets.num_classes))
-  state, _ = ckpt.restore_raw(ckpt.latest_step())
+  _, state, _ = ckpt.restore_latest()
   jax.tree.map(np.testing.assert_array_equal, state["params"], variables["params"])
 
 
@@ -131,6 +132,36 @@ def test_classifier_stage_learns_the_brightness_coded_classes(mnist_like, tmp_pa
   config.classifier.update(epochs=15.0, eval_every_epochs=15.0)
   out = main.run(config, str(tmp_path))
   assert out["test_accuracy"] > 0.5, out["test_accuracy"]
+
+
+def test_rerun_with_another_config_is_refused_naming_the_fields(flow_run):
+  config, workdir, _ = flow_run
+  changed = config.copy_and_resolve_references()
+  changed.flow.epochs, changed.seed = 2.0, 7
+  with open(os.path.join(workdir, "results.json")) as f:
+    before = f.read()
+  with pytest.raises(ValueError, match=(
+      r"The flow stage in .*/flow finished for a different experiment \(seed: 0 \(finished "
+      r"run\) vs 7; training\.epochs: 1\.0 \(finished run\) vs 2\.0\); its results do not "
+      r"hold for this config\. Use a new --workdir, or delete .*/flow to redo that stage\.")):
+    main.run(changed, workdir)
+  with open(os.path.join(workdir, "results.json")) as f:
+    assert f.read() == before
+
+
+def test_rerun_with_truncated_results_redoes_the_stage_from_its_checkpoint(flow_run, tmp_path,
+                                                                          caplog):
+  config, workdir, out = flow_run
+  copy = str(tmp_path / "copy")
+  shutil.copytree(workdir, copy)
+  path = os.path.join(copy, "flow", "results.json")
+  with open(path, "r+") as f:
+    f.truncate(10)
+  again = main.run(config, copy)
+  assert f"{path} is unreadable" in caplog.text
+  assert again["val_bits_per_dim"] == out["val_bits_per_dim"]  # from the last checkpoint
+  with open(path) as f:
+    assert json.load(f)["val_bits_per_dim"] == out["val_bits_per_dim"]
 
 
 def test_classifier_ala_uses_flow_checkpoint(flow_run, cifar_like, tmp_path):

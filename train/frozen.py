@@ -8,11 +8,14 @@ code: z = mu(x), x = G(z)), so the attacks run unchanged on either (the exact-vs
 ablation). `Frozen` is what a classifier step reads: the perturbed code, the density filter's
 flow and its threshold; it is passed to jitted steps as an ordinary argument.
 
-A frozen flow must invert its own latents: `load_flow` refuses one whose max |F^-1(F(x)) - x|
-(or, with `flow.arch.authors_decode`, its distance to the authors' decode a + b x) exceeds
+A frozen flow or VAE-GAN must have finished training (else `<stage>.allow_unfinished`), and
+where it came from (`origins`) goes into the results of the stage that used it. A frozen flow
+must invert its own latents: `load_flow` refuses one whose max |F^-1(F(x)) - x| (or, with
+`flow.arch.authors_decode`, its distance to the authors' decode a + b x) exceeds
 `classifier.max_flow_reconstruction_error`.
 """
 import functools
+import json
 import os
 from typing import Any, Optional
 
@@ -25,7 +28,7 @@ from absl import logging
 from flax import struct
 
 from jaxflowaug import data, flows, parallel, perturb
-from train import attack, checkpoint, input_pipeline, models
+from train import attack, checkpoint, input_pipeline, models, results
 
 FLOW, VAEGAN, CLASSIFIER = "flow", "vaegan", "classifier"  # the stages' directory names
 
@@ -36,6 +39,7 @@ class Generator:
   kind: str = struct.field(pytree_node=False)
   module: nn.Module = struct.field(pytree_node=False)
   variables: Any = None
+  origin: str = struct.field(pytree_node=False, default="")  # JSON of `_load`'s origin
 
   def _y(self, y):
     return y if self.module.num_classes else None
@@ -88,6 +92,36 @@ def reconstruction_error(gen: Generator, batch: dict) -> jax.Array:
   return jnp.max(jnp.where(jnp.isnan(error), jnp.inf, error))
 
 
+def _load(config: ml_collections.ConfigDict, workdir: str, stage: str, identity: dict,
+          retrain_fix: str) -> tuple[Any, str]:
+  """(raw state, origin as JSON) of the frozen `stage` of `<stage>.checkpoint` (or of this
+  workdir's own stage), which must have finished: a `<stage>/results.json` and a checkpoint of
+  its last step, else it is refused unless `<stage>.allow_unfinished` (then a warning)."""
+  cfg = config[stage]
+  path = cfg.checkpoint or workdir
+  state, origin = checkpoint.load_frozen(path, stage, identity, f"{stage}.checkpoint",
+                                         retrain_fix)
+  stage_dir = os.path.dirname(origin["path"])
+  total = (results.read(stage_dir) or {}).get("steps")
+  if total is None or origin["step"] < total:
+    why = (f"no {os.path.join(stage_dir, results.RESULTS_FILE)}" if total is None else
+           f"its newest restorable checkpoint is step {origin['step']} of {total}")
+    message = (f"The {stage} of {path!r} did not finish training ({why}). Rerun its {stage} "
+               f"stage to finish it (it resumes), or set {stage}.allow_unfinished=True to use "
+               "it as it is.")
+    if not cfg.allow_unfinished:
+      raise ValueError(message)
+    logging.warning("%s Using it anyway: %s.allow_unfinished=True.", message, stage)
+  origin["finished"] = total is not None and origin["step"] >= total
+  return state, json.dumps(origin, sort_keys=True)
+
+
+def origins(*gens: Optional[Generator]) -> dict:
+  """{kind: {path, step, identity, finished}} of the frozen generators given (None skipped),
+  for a stage's results.json."""
+  return {g.kind: json.loads(g.origin) for g in gens if g is not None and g.origin}
+
+
 def load_flow(config: ml_collections.ConfigDict, workdir: str,
               datasets: input_pipeline.Datasets, mesh) -> Generator:
   """The frozen flow of `flow.checkpoint` (or of this workdir's flow stage), replicated.
@@ -98,13 +132,14 @@ def load_flow(config: ml_collections.ConfigDict, workdir: str,
   meant).
   """
   path = config.flow.checkpoint or workdir
-  state = checkpoint.load_frozen(
-      path, FLOW, models.flow_identity(config, datasets.image_shape, datasets.num_classes),
-      "flow.checkpoint",
+  state, origin = _load(
+      config, workdir, FLOW,
+      models.flow_identity(config, datasets.image_shape, datasets.num_classes),
       "Train a flow for this config (leave flow.checkpoint empty) or set flow.model/flow.arch/"
       "flow.conditional and the data to match.")
   gen = Generator(FLOW, models.create_flow(config, datasets.num_classes),
-                  parallel.replicate({"params": state["params"], **state["consts"]}, mesh))
+                  parallel.replicate({"params": state["params"], **state["consts"]}, mesh),
+                  origin)
   batch = input_pipeline.sample_rows(datasets.train, config.flow.recon_examples, config.seed, mesh)
   error = float(parallel.to_host(jax.jit(reconstruction_error)(gen, batch)))
   limit = config.classifier.max_flow_reconstruction_error
@@ -123,14 +158,13 @@ def load_flow(config: ml_collections.ConfigDict, workdir: str,
 def load_vaegan(config: ml_collections.ConfigDict, workdir: str,
                 datasets: input_pipeline.Datasets, mesh) -> Generator:
   """The frozen VAE-GAN of `vaegan.checkpoint` (or of this workdir's vaegan stage), replicated."""
-  state = checkpoint.load_frozen(
-      config.vaegan.checkpoint or workdir, VAEGAN,
+  state, origin = _load(
+      config, workdir, VAEGAN,
       models.vaegan_identity(config, datasets.image_shape, datasets.num_classes),
-      "vaegan.checkpoint",
       "Train a VAE-GAN for this config (leave vaegan.checkpoint empty) or set vaegan.latent_dim/"
       "width/per_class and the data to match.")
   module = models.create_vaegan(config, datasets.image_shape, datasets.num_classes)
-  return Generator(VAEGAN, module, parallel.replicate({"params": state["params"]}, mesh))
+  return Generator(VAEGAN, module, parallel.replicate({"params": state["params"]}, mesh), origin)
 
 
 def per_example(fn, gen: Generator, split: input_pipeline.Split, batch_size: int, mesh,
@@ -223,11 +257,10 @@ def load_classifier(config: ml_collections.ConfigDict, workdir: str,
       functools.partial(models.create_classifier_state, model, image_shape=datasets.image_shape,
                         tx=tx),
       out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(0))
-  ckpt = checkpoint.Checkpointer(directory, models.classifier_identity(config))
-  step = ckpt.latest_step()
+  ckpt = checkpoint.Checkpointer(directory, models.classifier_identity(config), read_only=True)
+  step, state, _ = ckpt.restore_latest(target)
+  ckpt.close()
   if step is None:
     raise FileNotFoundError(f"No classifier checkpoint in {directory}: train one first.")
-  state, _ = ckpt.restore(step, target)
-  ckpt.close()
   logging.info("classifier checkpoint %s, step %d", directory, step)
   return model, state

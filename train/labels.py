@@ -1,5 +1,6 @@
 """Run labels for the report and the sweeps: readable names of attacks, of training methods,
-and of the groups of runs that differ only in their seed."""
+and of the groups of runs that differ only in their seed (`setting`), and config fields as
+dotted names (`flatten`, also for the identity checks of train/checkpoint.py)."""
 import re
 from typing import Any, Mapping
 
@@ -40,3 +41,43 @@ def method_label(config: dict) -> str:
 def group_key(name: str) -> str:
   """Runs whose names differ only in a trailing seed tag `_s<N>` form one group."""
   return re.sub(r"_s\d+$", "", name)
+
+
+def flatten(tree: Any, prefix: str = "") -> dict:
+  """Nested dicts -> {'a.b': leaf}, so that differences name config fields."""
+  if not isinstance(tree, Mapping):
+    return {prefix: tree}
+  flat = {}
+  for k, v in tree.items():
+    flat.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+  return flat
+
+
+def setting(payload: Mapping[str, Any]) -> dict:
+  """What fixes a stage's results except its seed, as {dotted field: value}: the identity its
+  results.json stores and those of the frozen models it used (`frozen`), or, in results written
+  before identities were stored, its whole config. Runs of equal settings differ only in their
+  seed: the only runs that may be pooled as seeds."""
+  flat = flatten(payload.get("identity", payload.get("config", {})))
+  for kind, origin in (payload.get("frozen") or {}).items():
+    flat.update(flatten(origin.get("identity", {}), f"frozen.{kind}"))
+  return {k: v for k, v in flat.items() if k.split(".")[-1] != "seed"}
+
+
+def setting_key(flat: Mapping[str, Any], ignore: tuple = ()) -> str:
+  """A hashable key of a `setting`, less the fields ending in any of `ignore`."""
+  return repr(sorted((k, repr(v)) for k, v in flat.items() if not k.endswith(ignore)))
+
+
+def row_names(rows: Mapping[tuple, Mapping[str, Any]], ignore: tuple = ()) -> dict:
+  """{(name, key): label} for rows {(name, setting_key): setting}: the name alone where it is
+  unique, else the name and the fields (not ending in `ignore`) where its rows differ, e.g.
+  'A-LA l2 ε 1 α 0.5 k 3 (classifier.epochs=25)'."""
+  labels = {}
+  for row, flat in rows.items():
+    peers = [other for r, other in rows.items() if r[0] == row[0]]
+    fields = sorted({k for other in peers for k in set(flat) | set(other)
+                     if not k.endswith(ignore) and other.get(k) != flat.get(k)})
+    shown = ", ".join(f"{k}={flat.get(k)!r}" for k in fields[:4]) + (", …" if fields[4:] else "")
+    labels[row] = f"{row[0]} ({shown})" if fields else row[0]
+  return labels

@@ -15,10 +15,15 @@ final metrics of every stage that ran (a later stage's override an earlier one's
 name a key). A config with a non-empty `sweep` runs each of its experiments into `DIR/<name>`
 (train/sweep.py).
 
-Rerunning the same command resumes: a finished stage is skipped, an interrupted one continues
-from its last checkpoint.
+Rerunning the same command resumes: a finished stage is skipped (only if it finished for the
+same identity, see `identity` in each stage; else the run is refused, naming the differing
+fields), an interrupted one continues from its last checkpoint; SIGTERM or SIGINT saves the
+step in progress and exits 128 + the signal (train/loop.py). One run at a time per workdir
+(train/workdir.py). An error the user can cause ends in one line naming the fix, exit status 2
+(train/errors.py).
 """
 import os
+from typing import Optional
 
 import jax
 import ml_collections
@@ -26,7 +31,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxflowaug import parallel
-from train import attack, checkpoint, input_pipeline, results, sweep, workdir as workdirs, writer
+from train import (attack, checkpoint, errors, input_pipeline, results, sweep, workdir as workdirs,
+                   writer)
 from train.stages import classifier, evaluate, flow, vaegan
 
 STAGES = (flow, vaegan, classifier, evaluate)
@@ -46,6 +52,37 @@ def _needs(config: ml_collections.ConfigDict, spec) -> dict:
           evaluate.NAME: evaluate.NAME in config.stages}
 
 
+def _finished(workdir: str, stage, identity: dict) -> Optional[dict]:
+  """The results of `stage` in `workdir` if it finished for `identity` (then it is skipped),
+  None if it has not finished; raises naming the differing fields if it finished for another
+  identity (its results would be reported under this config)."""
+  stage_dir = os.path.join(workdir, stage.NAME)
+  done = results.read(stage_dir)
+  if done is None:
+    return None
+  if checkpoint.canonical(done.get("identity")) != checkpoint.canonical(identity):
+    diff = checkpoint.identity_diff(done.get("identity"), checkpoint.canonical(identity),
+                                    "finished run")
+    raise ValueError(
+        f"The {stage.NAME} stage in {stage_dir} finished for a different experiment ({diff}); "
+        f"its results do not hold for this config. Use a new --workdir, or delete {stage_dir} "
+        "to redo that stage.")
+  logging.info("%s stage already finished in %s; skipping (delete %s to rerun it).", stage.NAME,
+               stage_dir, os.path.join(stage_dir, results.RESULTS_FILE))
+  return done
+
+
+def _check_evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Evaluating without training the classifier needs the workdir of a classifier run."""
+  if evaluate.NAME in config.stages and classifier.NAME not in config.stages:
+    directory = os.path.join(workdir, classifier.NAME, "checkpoints")
+    if not os.path.isdir(directory):
+      raise FileNotFoundError(
+          f"--workdir={workdir} holds no trained classifier ({directory} does not exist): "
+          "stages=('evaluate',) evaluates the classifier of an earlier run there; name that "
+          "run's --workdir, or add 'classifier' to config.stages.")
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs the config's stages into `workdir` and writes `workdir/results.json`."""
   names = tuple(stage.NAME for stage in STAGES)
@@ -60,27 +97,28 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       stage.validate(config)
   if spec is not None and spec.needs_vaegan and config.vaegan.checkpoint:
     checkpoint.frozen_directory(config.vaegan.checkpoint, vaegan.NAME, "vaegan.checkpoint")
-  workdir = workdirs.check_workdir(workdir)
-  datasets = input_pipeline.load(config)
-  mesh = parallel.make_mesh()
-  per_stage = {}
-  for stage in STAGES:
-    if needs[stage.NAME]:
-      done = results.finished(workdir, stage.NAME)
-      if done is None:
-        done = stage.run(config, workdir, datasets, mesh)
-        writer.summary(os.path.join(workdir, stage.NAME), config, done,
-                       images={k[:-len("_png")]: v for k, v in done.items()
-                               if k.endswith("_png")})
-      per_stage[stage.NAME] = done
-  merged = {}
-  for out in per_stage.values():
-    merged.update({k: v for k, v in out.items()
-                   if k not in ("config", "versions", "device_count", "process_count",
-                                "platform")})
-  merged["stages"] = {s: {k: v for k, v in out.items() if k != "config"}
-                      for s, out in per_stage.items()}
-  return results.write(workdir, merged, config)
+  _check_evaluate_only(config, workdir)
+  with workdirs.claimed(workdir) as workdir:
+    datasets = input_pipeline.load(config)
+    mesh = parallel.make_mesh()
+    per_stage = {}
+    for stage in STAGES:
+      if needs[stage.NAME]:
+        done = _finished(workdir, stage, stage.identity(config, datasets))
+        if done is None:
+          done = stage.run(config, workdir, datasets, mesh)
+          writer.summary(os.path.join(workdir, stage.NAME), config, done,
+                         images={k[:-len("_png")]: v for k, v in done.items()
+                                 if k.endswith("_png")})
+        per_stage[stage.NAME] = done
+    merged = {}
+    for out in per_stage.values():
+      merged.update({k: v for k, v in out.items()
+                     if k not in ("config", "versions", "device_count", "process_count",
+                                  "platform", "identity")})
+    merged["stages"] = {s: {k: v for k, v in out.items() if k != "config"}
+                        for s, out in per_stage.items()}
+    return results.write(workdir, merged, config)
 
 
 def default_workdir(config_arg: str) -> str:
@@ -108,19 +146,23 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = FLAGS.config
   if FLAGS.print_config:
-    print(describe(config))
+    with errors.one_line():
+      print(describe(config))
     return
   workdir = FLAGS.workdir or default_workdir(config_flags.get_config_filename(FLAGS["config"]))
   print(f"jaxflowaug: writing to {os.path.abspath(workdir)}")
   writer.quiet_library_logs()
-  parallel.initialize_distributed(config.distributed.coordinator_address,
-                                  config.distributed.num_processes, config.distributed.process_id)
-  logging.info("JAX process %d / %d, local devices %s, global device count %d",
-               jax.process_index(), jax.process_count(), jax.local_devices(), jax.device_count())
-  if config.get("sweep"):
-    sweep.run(config, workdir, run)
-    return
-  out = run(config, workdir)
+  with errors.one_line():
+    parallel.initialize_distributed(config.distributed.coordinator_address,
+                                    config.distributed.num_processes,
+                                    config.distributed.process_id)
+    logging.info("JAX process %d / %d, local devices %s, global device count %d",
+                 jax.process_index(), jax.process_count(), jax.local_devices(),
+                 jax.device_count())
+    if config.get("sweep"):
+      sweep.run(config, workdir, run)
+      return
+    out = run(config, workdir)
   if jax.process_index() == 0:
     keys = ("val_bits_per_dim", "max_reconstruction_error", "test_accuracy", "train_accuracy",
             "clean_accuracy", "steps")
@@ -142,4 +184,4 @@ def define_flags() -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=errors.parse_flags)

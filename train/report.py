@@ -4,31 +4,33 @@ Reads each stage's `results.json` below RUNS_DIR (`<run>/{flow,vaegan,classifier
 a run is the directory holding the stage directories, so single runs and the runs of sweeps
 (`train/sweep.py`) count alike) and writes `RUNS_DIR/REPORT.md`, also printed:
 - test accuracy (%) by method (rows) and classifier training-set size (columns), mean ± std
-  (population, as `sweep.summarize`) over the runs that differ only in their seed: Table 1 for
+  (population, as `sweep.summarize`) over the runs that differ only in their seed (an equal
+  `labels.setting`: the stored identity less the seed; runs of one method that differ in
+  anything else are separate rows, labelled by the fields that differ): Table 1 for
   CIFAR-10, Fig. 5 for Fashion-MNIST; a dataset with several sizes also gets the Fig. 5 plot
   `RUNS_DIR/fig5_<dataset>.png` (mean ± std error bars per method);
 - from the evaluate stage: Table 4 (FID/KID of perturbed images to the training images),
   Table 5 (mean l2 / linf image-space size of the perturbations), Table 6 (accuracy under
   attack and its relative drop);
-  Table 4 rows of runs that differ only in their seed (`labels.group_key`) are merged, mean ±
+  Table 4 rows of runs that differ only in their seed (named alike, `labels.group_key`, and of
+  an equal `labels.setting`) are merged, mean ±
   std, with the fraction of perturbations a density filter kept;
 - the flows' bits/dim, the VAE-GANs' reconstruction errors, and links to every run's figures.
 The paper's numbers (`PAPER`, from PAPER.md) stand in brackets beside ours where dataset, method
 and size match. A table has only the rows that the runs provide; a section without rows is left
 out.
 """
-import json
 import os
 import re
-import sys
 from typing import Optional
 
 import numpy as np
 from absl import app
 
-from train import figures, labels, results
+from train import errors, figures, labels, results
 
 STAGES = ("flow", "vaegan", "classifier", "evaluate")
+SIZE_FIELDS = ("data.train_size", "data.train_fraction")  # a column of the tables, not a row
 REPORT_FILE = "REPORT.md"
 
 # The paper's numbers, keyed by our labels (`labels.method_label`, `labels.attack_label`).
@@ -81,13 +83,10 @@ def collect(runs_dir: str) -> dict:
     dirs[:] = sorted(d for d in dirs if d != "checkpoints")
     if os.path.basename(root) not in STAGES or results.RESULTS_FILE not in files:
       continue
-    try:
-      payload = results.read(root)
-    except json.JSONDecodeError as e:
-      print(f"report: skipping unreadable {os.path.join(root, results.RESULTS_FILE)}: {e}",
-            file=sys.stderr)
-      continue
-    if isinstance(payload, dict) and "config" in payload:
+    payload = results.read(root)  # None, with a warning, if unreadable
+    # A run's own results.json (it has 'stages') in a directory named like a stage, e.g. the
+    # run 'flow' of a sweep, is not a stage's.
+    if isinstance(payload, dict) and "config" in payload and "stages" not in payload:
       run = os.path.relpath(os.path.dirname(root), runs_dir)
       runs.setdefault(run, {})[os.path.basename(root)] = payload
   return dict(sorted(runs.items()))
@@ -153,23 +152,27 @@ def accuracy_sections(runs: dict, runs_dir: str) -> list:
   """Per dataset: test accuracy by method x training-set size (mean ± std over seeds), the
   paper's number beside it, and the Fig. 5 plot when there are several sizes. Rows: the
   standard methods first, then the others by name."""
-  grouped = {}  # dataset -> method -> size -> [test accuracy]
+  grouped, settings = {}, {}  # dataset -> (method, setting) -> size -> [accuracy]; settings
   for stages in runs.values():
     out = stages.get("classifier")
     if not out or "test_accuracy" not in out:
       continue
     config = out["config"]
-    by_method = grouped.setdefault(dataset_name(config), {})
-    by_method.setdefault(labels.method_label(config), {}).setdefault(
+    method, flat = labels.method_label(config), labels.setting(out)
+    row = (method, labels.setting_key(flat, SIZE_FIELDS))
+    settings[row] = flat
+    grouped.setdefault(dataset_name(config), {}).setdefault(row, {}).setdefault(
         _size(config, out), []).append(out["test_accuracy"])
   lines = []
-  for dataset, methods in grouped.items():
-    sizes = sorted({s for by_size in methods.values() for s in by_size})
+  for dataset, by_row in grouped.items():
+    names = labels.row_names({row: settings[row] for row in by_row}, SIZE_FIELDS)
+    methods = {names[row]: (row[0], by_size) for row, by_size in by_row.items()}
+    sizes = sorted({s for _, by_size in methods.values() for s in by_size})
     paper = PAPER["accuracy"].get(dataset, {})
     rows = []
-    for method, by_size in sorted(methods.items(), key=lambda m: (m[0].split()[0] != "standard",
-                                                                  m[0])):
-      row = [method]
+    for name, (method, by_size) in sorted(methods.items(),
+                                          key=lambda m: (m[0].split()[0] != "standard", m[0])):
+      row = [name]
       for size in sizes:
         if size in by_size:
           row.append(_mean_std(by_size[size])
@@ -184,7 +187,7 @@ def accuracy_sections(runs: dict, runs_dir: str) -> list:
       lines += [PAPER["fig5"], ""]
     if len(sizes) > 1:
       series = {m: [(s[0], 100 * np.mean(v), 100 * np.std(v)) for s, v in by_size.items()]
-                for m, by_size in methods.items()}
+                for m, (_, by_size) in methods.items()}
       name = f"fig5_{_slug(dataset)}.png"
       figures.size_sweep(series, os.path.join(runs_dir, name), title=dataset)
       lines += [f"![{dataset}: test accuracy against training images]({name})", ""]
@@ -194,6 +197,7 @@ def accuracy_sections(runs: dict, runs_dir: str) -> list:
 def evaluation_sections(runs: dict) -> list:
   """Tables 4, 5 and 6 from the runs' evaluate stages, one row per (run, attack)."""
   fid_groups, norm_rows, robust_rows = {}, [], []  # (group, trained, attack, features) -> rows
+  group_settings = {}  # (run name less its seed tag, setting key) -> setting
   for run, stages in runs.items():
     out = stages.get("evaluate")
     if not out or "attacks" not in out:
@@ -213,7 +217,9 @@ def evaluation_sections(runs: dict) -> list:
     suffix = "" if inception else "_classifier_features"
     features = "Inception" if inception else "classifier features (not FID)"
     clean = out.get("clean", {})
-    group = labels.group_key(run)
+    flat = labels.setting(out)
+    group = (labels.group_key(run), labels.setting_key(flat))
+    group_settings[group] = flat
     fid_groups.setdefault((group, trained, "clean (reference)", features, ""), []).append(
         (clean.get(f"fid{suffix}"), clean.get(f"kid{suffix}"), None))
     for row in out["attacks"].values():
@@ -236,7 +242,8 @@ def evaluation_sections(runs: dict) -> list:
                           f"{paper_robust[0]} / {paper_robust[1]}"])
   if not fid_groups:
     return []
-  fid_rows = [[group + (f" (n={len(values)})" if len(values) > 1 else ""), trained, label,
+  names = labels.row_names(group_settings)
+  fid_rows = [[names[group] + (f" (n={len(values)})" if len(values) > 1 else ""), trained, label,
                features, _spread([v[0] for v in values], ".2f"),
                _spread([v[1] for v in values], ".2f", 1e3),
                _spread([v[2] for v in values], ".2f"), paper]
@@ -337,7 +344,8 @@ def write_report(runs_dir: str) -> str:
 def main(argv):
   if len(argv) != 2:
     raise app.UsageError("usage: python -m train.report RUNS_DIR")
-  print(write_report(argv[1]), end="")
+  with errors.one_line():
+    print(write_report(argv[1]), end="")
 
 
 if __name__ == "__main__":

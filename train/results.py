@@ -30,27 +30,29 @@ def write_json_atomic(path: str, payload: Any) -> None:
 
 
 def read(workdir: str) -> Optional[dict]:
+  """The content of `<workdir>/results.json`, or None if there is none or it is unreadable
+  (truncated or empty, as a full disk leaves it): then its stage or run counts as unfinished and
+  is redone, with a warning naming the file."""
   path = os.path.join(workdir, RESULTS_FILE)
   if not os.path.exists(path):
     return None
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except ValueError as e:  # json.JSONDecodeError, UnicodeDecodeError
+    logging.warning("%s is unreadable (%s); treating it as absent: what wrote it is redone.",
+                    path, e)
+    return None
 
 
-def finished(workdir: str, stage: str) -> Optional[dict]:
-  """The results of stage `stage` in `workdir` if it has finished (then it is skipped), else
-  None."""
-  stage_dir = os.path.join(workdir, stage)
-  done = read(stage_dir)
-  if done is not None:
-    logging.info("%s stage already finished in %s; skipping (delete %s to rerun it).", stage,
-                 stage_dir, os.path.join(stage_dir, RESULTS_FILE))
-  return done
-
-
-def write(workdir: str, metrics: Mapping[str, Any], config: ml_collections.ConfigDict) -> dict:
-  """Writes `<workdir>/results.json` (process 0 only) and returns its content."""
+def write(workdir: str, metrics: Mapping[str, Any], config: ml_collections.ConfigDict,
+          identity: Optional[Mapping[str, Any]] = None) -> dict:
+  """Writes `<workdir>/results.json` (process 0 only) and returns its content. A stage gives
+  its `identity` (what fixes its results): a rerun skips the finished stage only for an equal
+  one (train/main.py)."""
   payload = dict(metrics)
+  if identity is not None:
+    payload["identity"] = identity
   payload.update(config=config.to_dict(), versions=_versions(),
                  device_count=jax.device_count(), process_count=jax.process_count(),
                  platform=jax.default_backend())

@@ -6,7 +6,8 @@
 `run_one` (`train.main.run`) into `<workdir>/<name>`. A string value `"@other"` stands for `<workdir>/other`, so a run can use the
 flow that an earlier run of the sweep trained (`{"flow.checkpoint": "@flow"}`). Finished runs
 (with a `results.json`) are skipped and interrupted ones resume, so rerunning a killed sweep
-finishes it. The sweep's own `results.json` lists every run and the mean ± std of the test
+finishes it (a finished run whose stored config differs from the sweep's is refused, naming the
+fields). The sweep's own `results.json` lists every run and the mean ± std of the test
 accuracy of each group of runs whose names differ only in a `_s<seed>` suffix, and each group's
 per-seed difference to the group 'standard' (mean and minimum over the seeds both ran).
 """
@@ -20,7 +21,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from train import labels, results, workdir as workdirs
+from train import checkpoint, labels, results, workdir as workdirs
 
 
 def _apply(config: ml_collections.ConfigDict, field: str, value: Any) -> None:
@@ -101,12 +102,24 @@ def table(summary: list, pairs: list = ()) -> str:
 def run(config: ml_collections.ConfigDict, workdir: str,
         run_one: Callable[[ml_collections.ConfigDict, str], dict]) -> dict:
   """Runs every experiment of the sweep with `run_one(config, workdir)` (skipping finished
-  ones) and writes the summary."""
-  workdir = workdirs.check_workdir(workdir)
+  ones) and writes the summary; one sweep at a time per workdir (`workdirs.claimed`)."""
+  with workdirs.claimed(workdir) as workdir:
+    return _run_all(config, workdir, run_one)
+
+
+def _run_all(config: ml_collections.ConfigDict, workdir: str,
+             run_one: Callable[[ml_collections.ConfigDict, str], dict]) -> dict:
   rows, start = [], time.time()
   for name, child in expand(config, workdir):
     path = os.path.join(workdir, name)
     out = results.read(path)
+    if out is not None:
+      diff = checkpoint.identity_diff(out.get("config"), checkpoint.canonical(child.to_dict()),
+                                      "finished run")
+      if diff:
+        raise ValueError(f"sweep run {name!r} in {path} finished with another config ({diff}); "
+                         "its results do not hold for this sweep. Use a new --workdir, or delete "
+                         f"{path} to redo that run.")
     if out is None:
       logging.info("sweep: running %s", name)
       t0 = time.time()

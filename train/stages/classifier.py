@@ -60,6 +60,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   parallel.check_batch_size(cfg.eval_batch_size, "classifier.eval_batch_size")
 
 
+def identity(config: ml_collections.ConfigDict, datasets: input_pipeline.Datasets) -> dict:
+  """What fixes this stage's results: its checkpoint identity (a finished stage is skipped
+  only for the same one)."""
+  del datasets  # the classifier's identity names the data by its config fields
+  return models.classifier_identity(config)
+
+
 def augment_batch(state, batch, key, frozen_models, *, model, config, spec, num_classes):
   """Image augmentation, perturbation, cutout and mixup of one batch -> (x, soft or int labels,
   counts, the classifier's batch_stats after the perturbation's passes (`frozen.perturb_batch`))."""
@@ -160,9 +167,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, datasets: input_pipelin
            "train_accuracy": train["accuracy"], "train_loss": train["loss"],
            "steps": total_steps, "epochs": cfg.epochs, "train_examples": len(datasets.train),
            "eval_examples": len(datasets.eval), "method": config.perturb.method,
-           "nonfinite_decodes": out.sums["nonfinite_decodes"], "curves": out.curves}
+           "nonfinite_decodes": out.sums["nonfinite_decodes"], "curves": out.curves,
+           "frozen": frozen.origins(frozen_models.latent, frozen_models.density)}
   if "density_kept" in out.sums:
     final["density_kept_fraction"] = out.sums["density_kept"] / (total_steps * cfg.batch_size)
   logging.info("classifier done: test_accuracy %.4f, train_accuracy %.4f", test["accuracy"],
                train["accuracy"])
-  return results.write(os.path.join(workdir, NAME), final, config)
+  return results.write(os.path.join(workdir, NAME), final, config, identity(config, datasets))

@@ -72,6 +72,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
   attack.from_entries(config)
 
 
+def identity(config: ml_collections.ConfigDict, datasets: input_pipeline.Datasets) -> dict:
+  """What fixes this stage's results: the evaluated classifier's identity and the evaluation
+  fields (less the batch size, speed only). A finished stage is skipped only for the same
+  identity."""
+  del datasets  # named by the classifier's identity
+  evaluation = {k: v for k, v in config.evaluation.to_dict().items() if k != "batch_size"}
+  return {"classifier": models.classifier_identity(config), "evaluation": evaluation}
+
+
 def attack_step(state, batch: dict, key: jax.Array, eps, step_size, frozen_models, *, model,
                 spec: attack.Spec):
   """One batch under `spec` with the (traced) `eps` and `step_size` (its own are zeroed, so
@@ -177,7 +186,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, datasets: input_pipelin
   reference_feats = extract(reference.images)
   out = {"clean_accuracy": clean_accuracy, "num_examples": len(split),
          "train_examples": len(datasets.train), "fid_features": kind,
-         "fid_reference_examples": len(reference),
+         "fid_reference_examples": len(reference), "frozen": frozen.origins(flow),
          "clean": distribution_distance(extract(split.images), reference_feats, cfg, suffix),
          "attacks": {}}
   columns = np.unique(np.linspace(0, len(split) - 1, min(cfg.grid_examples, len(split))).round()
@@ -221,4 +230,4 @@ def run(config: ml_collections.ConfigDict, workdir: str, datasets: input_pipelin
       out["curves_png"] = figures.learning_curves(
           trained["curves"], os.path.join(stage_dir, "curves.png"),
           title=f"{config.classifier.model}, {len(datasets.train)} training images")
-  return results.write(stage_dir, out, config)
+  return results.write(stage_dir, out, config, identity(config, datasets))

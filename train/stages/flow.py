@@ -53,6 +53,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
 OPTIMIZERS = ("adamax", "adam")
 
 
+def identity(config: ml_collections.ConfigDict, datasets: input_pipeline.Datasets) -> dict:
+  """What fixes this stage's results: the flow's checkpoint identity, its training fields
+  (less cadences and what names or guards a checkpoint) and the seed. A finished stage is
+  skipped only for the same identity."""
+  training = {k: v for k, v in config.flow.to_dict().items() if k not in (
+      "model", "arch", "conditional", "checkpoint", "allow_unfinished", "log_every",
+      "checkpoint_every")}
+  return dict(models.flow_identity(config, datasets.image_shape, datasets.num_classes),
+              training=training, seed=config.seed)
+
+
 def create_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """`cfg.optimizer` (Adamax, the authors' Glow; Adam, their Fashion-MNIST notebook) with L2
   weight decay added to the gradient and a linear warm-up over `warmup_samples` samples."""
@@ -186,4 +197,4 @@ def run(config: ml_collections.ConfigDict, workdir: str, datasets: input_pipelin
            "steps": total_steps, "epochs": cfg.epochs, "num_params": num_params,
            "samples_png": figures.save_png(grid, os.path.join(stage_dir, "samples.png"))}
   logging.info("flow done: %s", final)
-  return results.write(stage_dir, final, config)
+  return results.write(stage_dir, final, config, identity(config, datasets))

@@ -44,6 +44,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
   parallel.check_batch_size(cfg.batch_size, "vaegan.batch_size")
 
 
+def identity(config: ml_collections.ConfigDict, datasets: input_pipeline.Datasets) -> dict:
+  """What fixes this stage's results: the VAE-GAN's checkpoint identity, its training fields
+  (less cadences and what names or guards a checkpoint) and the seed."""
+  training = {k: v for k, v in config.vaegan.to_dict().items() if k not in (
+      "checkpoint", "allow_unfinished", "log_every", "checkpoint_every")}
+  return dict(models.vaegan_identity(config, datasets.image_shape, datasets.num_classes),
+              training=training, seed=config.seed)
+
+
 class Batches:
   """Training batches: shuffled global batches of the split, or, for a per-class model, the
   concatenation of C class batches of B/C images each (class-major), every class shuffled on
@@ -134,7 +143,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, datasets: input_pipelin
            "steps": total_steps, "epochs": cfg.epochs,
            "num_params": int(sum(x.size for x in jax.tree.leaves(state.params))), **figures_out}
   logging.info("vaegan done: %s", final)
-  return results.write(stage_dir, final, config)
+  return results.write(stage_dir, final, config, identity(config, datasets))
 
 
 def _figures(params, model, datasets, cfg, key, stage_dir, mesh, seed: int) -> dict:
