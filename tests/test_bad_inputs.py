@@ -24,6 +24,8 @@ from train import checkpoint, errors, frozen, input_pipeline, main, models, resu
 from train import workdir as workdirs
 from train.stages import flow as flow_stage
 
+pytestmark = pytest.mark.slow  # end to end: `pytest -m 'not slow'` skips it
+
 
 @pytest.fixture(scope="module")
 def good(tmp_path_factory):

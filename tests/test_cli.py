@@ -3,7 +3,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from train import main
+
+pytestmark = pytest.mark.slow  # end to end: `pytest -m 'not slow'` skips it
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -16,6 +16,8 @@ from train import models as run_models
 from train.stages import evaluate
 from train.stages import flow as flow_stage
 
+pytestmark = pytest.mark.slow  # end to end: `pytest -m 'not slow'` skips it
+
 # 8x8 RGB images, a one-step Glow and SmallCNN (8 -> 4 -> 2 -> 1): compiles in seconds.
 SHAPE = (8, 8, 3)
 

@@ -26,6 +26,8 @@ import pytest
 
 from test_train import _npz
 
+pytestmark = pytest.mark.slow  # end to end: `pytest -m 'not slow'` skips it
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENTRY = os.path.join(ROOT, "tests", "fault_entry.py")
 FLOW_STEPS, FLOW_EVERY = 32, 8              # train[:256] / batch 32 x 4 epochs

@@ -8,6 +8,8 @@ import pytest
 from configs import base
 from train import main, sweep
 
+pytestmark = pytest.mark.slow  # end to end: `pytest -m 'not slow'` skips it
+
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):

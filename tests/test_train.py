@@ -13,6 +13,8 @@ from jaxflowaug import data, parallel
 from train import attack, checkpoint, frozen, input_pipeline, main, models
 from train.stages import classifier
 
+pytestmark = pytest.mark.slow  # end to end: `pytest -m 'not slow'` skips it
+
 
 def _npz(path, shape, num_train, num_test, num_classes=10, seed=0):
   """Images whose mean brightness encodes the class, so a classifier can learn something."""

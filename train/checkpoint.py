@@ -20,9 +20,9 @@ from typing import Any, Callable, Mapping, Optional
 
 import jax
 import orbax.checkpoint as ocp
+from flax import traverse_util
 from absl import logging
 
-from train import labels
 
 
 def canonical(identity: Mapping[str, Any]) -> Any:
@@ -32,7 +32,8 @@ def canonical(identity: Mapping[str, Any]) -> Any:
 
 def identity_diff(saved: Any, current: Any, where: str = "checkpoint") -> str:
   """The fields where two identity records differ: 'field: saved (where) vs current'."""
-  theirs, ours = labels.flatten(saved or {}), labels.flatten(current or {})
+  theirs = traverse_util.flatten_dict(dict(saved or {}), sep=".")
+  ours = traverse_util.flatten_dict(dict(current or {}), sep=".")
   missing = "(absent)"
   return "; ".join(f"{k}: {theirs.get(k, missing)!r} ({where}) vs {ours.get(k, missing)!r}"
                    for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k))

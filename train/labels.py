@@ -1,8 +1,10 @@
 """Run labels for the report and the sweeps: readable names of attacks, of training methods,
 and of the groups of runs that differ only in their seed (`setting`), and config fields as
-dotted names (`flatten`, also for the identity checks of train/checkpoint.py)."""
+dotted names (`flatten`)."""
 import re
 from typing import Any, Mapping
+
+from flax import traverse_util
 
 _ATTACK_NAMES = {"rla": "R-LA", "ala": "A-LA", "pgd": "PGD"}
 
@@ -43,14 +45,10 @@ def group_key(name: str) -> str:
   return re.sub(r"_s\d+$", "", name)
 
 
-def flatten(tree: Any, prefix: str = "") -> dict:
-  """Nested dicts -> {'a.b': leaf}, so that differences name config fields."""
-  if not isinstance(tree, Mapping):
-    return {prefix: tree}
-  flat = {}
-  for k, v in tree.items():
-    flat.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-  return flat
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict:
+  """Nested dicts -> {'prefix.a.b': leaf}, so that differences name config fields."""
+  flat = traverse_util.flatten_dict(dict(tree), sep=".")
+  return {f"{prefix}.{k}" if prefix else k: v for k, v in flat.items()}
 
 
 def setting(payload: Mapping[str, Any]) -> dict:

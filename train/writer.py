@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import tqdm
 from absl import logging
+from flax import traverse_util
 from tensorboardX import SummaryWriter
 
 
@@ -43,15 +44,6 @@ class MetricWriter:
       self._tb.close()
 
 
-def _flatten(tree: Mapping, prefix: str = "") -> dict:
-  """Nested dicts -> {'a.b': leaf}."""
-  flat = {}
-  for k, v in tree.items():
-    name = f"{prefix}{k}"
-    flat.update(_flatten(v, name + ".") if isinstance(v, Mapping) else {name: v})
-  return flat
-
-
 def summary(logdir: str, config: Any, metrics: Mapping[str, Any],
             images: Mapping[str, Optional[str]] = ()) -> None:
   """A finished stage's TensorBoard record in `logdir` (process 0 only): the config as text
@@ -63,9 +55,10 @@ def summary(logdir: str, config: Any, metrics: Mapping[str, Any],
   from PIL import Image  # the figures' own dependency
   config_dict = config.to_dict()
   hparams = {k: v if isinstance(v, (bool, int, float, str)) else str(v)
-             for k, v in _flatten(config_dict).items()}
+             for k, v in traverse_util.flatten_dict(config_dict, sep=".").items()}
   numbers = {k: v for k, v in metrics.items() if k not in ("config", "versions", "curves")}
-  scalars = {f"final/{k}": float(v) for k, v in _flatten(numbers).items()
+  flat = traverse_util.flatten_dict(numbers, sep=".")
+  scalars = {f"final/{k}": float(v) for k, v in flat.items()
              if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
              and ".spec." not in k}
   with SummaryWriter(logdir) as tb:
