@@ -38,6 +38,7 @@ def cifar(real_dir):
 # ---------------------------------------------------------------- real data
 
 
+@pytest.mark.slow  # reads the real data set
 def test_fashion_mnist_idx(real_dir):
   info = data.info(FASHION, data_dir=real_dir)
   assert info.splits == {'train': 60000, 'test': 10000}
@@ -52,6 +53,7 @@ def test_fashion_mnist_idx(real_dir):
   assert test_images.shape == (10000, 28, 28, 1)
 
 
+@pytest.mark.slow  # reads the real data set
 def test_cifar10_tar_in_label_and_file_order(cifar, real_dir):
   images, labels = cifar
   assert images.shape == (50000, 32, 32, 3) and images.dtype == np.uint8

@@ -245,6 +245,7 @@ def test_file_url_mirror(official, checksums, tmp_path, monkeypatch):
   np.testing.assert_array_equal(labels, [3, 98])
 
 
+@pytest.mark.slow  # reads the real data set
 @pytest.mark.skipif(not SHARED_FASHION.is_dir(), reason='no ../shared/data/fashion-mnist')
 def test_fashion_mnist_from_the_shared_files_with_the_published_checksums(tmp_path,
                                                                           monkeypatch):

@@ -401,6 +401,7 @@ class FlowTest(chex.TestCase):
       dense.apply(dense_variables, x[:, :2], y, method=dense.inverse)
 
 
+@pytest.mark.slow  # compiles two flows three times
 @pytest.mark.parametrize('make', [
     lambda remat: flows.Glow(num_levels=2, num_steps=2, hidden_channels=8, remat=remat),
     lambda remat: flows.DenseFlow(num_blocks=2, hidden=16, num_classes=3, image_shape=(4, 4, 1),

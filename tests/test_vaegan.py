@@ -26,6 +26,7 @@ def _init(model, x, y):
   return model.init(jax.random.PRNGKey(0), x, y if model.num_classes else None)["params"]
 
 
+@pytest.mark.slow  # trains for seconds
 def test_losses_fall_on_a_tiny_set():
   model = vaegan.VAEGAN(SHAPE, latent_dim=4, width=8)
   x, y = _images(32)
@@ -56,6 +57,7 @@ def test_losses_fall_on_a_tiny_set():
   assert float(jnp.mean(jnp.abs(recon - x))) < 0.2
 
 
+@pytest.mark.slow  # trains for seconds
 def test_each_player_gets_only_its_own_gradient():
   """L_G sees a stopped discriminator and L_D stopped decodes: D's gradient does not depend on
   gan_weight, and the encoder's and decoder's does not depend on D's loss."""
@@ -88,6 +90,7 @@ def test_each_player_gets_only_its_own_gradient():
                  g5[part], by_hand[part])
 
 
+@pytest.mark.slow  # trains for seconds
 def test_per_class_models_are_independent_and_grouped_training_matches():
   model = vaegan.VAEGAN(SHAPE, latent_dim=3, width=4, num_classes=2)
   x, y = _images(8)
@@ -119,6 +122,7 @@ def test_per_class_models_are_independent_and_grouped_training_matches():
     vaegan.objective(model, params, x[:7], y[:7], key, grouped=True)
 
 
+@pytest.mark.slow  # trains for seconds
 def test_decoder_is_differentiable_through_the_pgd_core():
   """A-LA in a VAE-GAN latent: the gradient through G matches finite differences, and PGD
   through G raises a loss on the decoded images more than random noise of the same size."""
