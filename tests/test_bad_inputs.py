@@ -198,10 +198,10 @@ def test_missing_vaegan_checkpoint_is_refused(good, tmp_path):
 
 
 @pytest.mark.parametrize("poison,limit,match", [
-    (False, 1e-12, r"max \|F\^-1\(F\(x\)\) - x\| = \d.* on 32 training images exceeds "
-                   r"classifier\.max_flow_reconstruction_error=1e-12"),
-    (True, 1e-2, r"max \|F\^-1\(F\(x\)\) - x\| = inf on 32 training images exceeds "
-                 r"classifier\.max_flow_reconstruction_error=0\.01"),
+    (False, 1e-12, r"max \|F\^-1\(F\(x\)\) - target\| = \d.*, target x, on 32 training images "
+                   r"exceeds classifier\.max_flow_reconstruction_error=1e-12"),
+    (True, 1e-2, r"max \|F\^-1\(F\(x\)\) - target\| = inf, target x, on 32 training images "
+                 r"exceeds classifier\.max_flow_reconstruction_error=0\.01"),
 ])
 def test_flow_that_does_not_invert_is_refused(good, tmp_path, poison, limit, match):
   config = _config(cifar10_adv, good, classifier__max_flow_reconstruction_error=limit)
