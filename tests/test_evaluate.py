@@ -11,10 +11,10 @@ import pytest
 
 from configs import cifar10_standard
 from jaxflowaug import data, fid, metrics, models, parallel, perturb
-from train import attack, checkpoint, frozen, input_pipeline, main, results
+from test_bad_inputs import _save_flow
+from train import attack, frozen, input_pipeline, main
 from train import models as run_models
 from train.stages import evaluate
-from train.stages import flow as flow_stage
 
 pytestmark = pytest.mark.slow  # end to end: `pytest -m 'not slow'` skips it
 
@@ -52,23 +52,8 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def flow_dir(tiny, tmp_path_factory):
-  """A workdir holding an initialised (untrained) smoke Glow checkpoint, as a finished flow
-  stage of 1 step (checkpoint and results.json): its decode is exact."""
-  config = _config(tiny, ())
-  datasets = input_pipeline.load(config)
-  flow = run_models.create_flow(config, datasets.num_classes)
-  mesh = parallel.make_mesh()
-  state = jax.jit(lambda key, batch: flow_stage.create_train_state(
-      flow, key, batch, flow_stage.create_optimizer(config.flow)))(
-          jax.random.PRNGKey(0), input_pipeline.sample_rows(datasets.flow_train, 32, 0, mesh))
-  workdir = str(tmp_path_factory.mktemp("flow"))
-  ckpt = checkpoint.Checkpointer(
-      os.path.join(workdir, "flow", "checkpoints"),
-      run_models.flow_identity(config, datasets.image_shape, datasets.num_classes))
-  ckpt.save(1, state)
-  ckpt.close()
-  results.write_json_atomic(os.path.join(workdir, "flow", results.RESULTS_FILE), {"steps": 1})
-  return workdir
+  """A finished flow stage holding an initialised (untrained) smoke Glow: its decode is exact."""
+  return _save_flow(tmp_path_factory.mktemp("flow"), _config(tiny, ()))
 
 
 ATTACKS = (
