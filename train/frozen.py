@@ -127,9 +127,9 @@ def load_flow(config: ml_collections.ConfigDict, workdir: str,
   """The frozen flow of `flow.checkpoint` (or of this workdir's flow stage), replicated.
 
   Raises if there is none, if it was trained for another architecture or data, or if its
-  max |F^-1(F(x)) - x| on `flow.recon_examples` training images (a sample seeded by `seed`) exceeds
-  `classifier.max_flow_reconstruction_error` (its perturbations would decode to images it never
-  meant).
+  distance of decode(encode(x)) to its `reconstruction_target` on `flow.recon_examples` training
+  images (a sample seeded by `config.seed`) exceeds `classifier.max_flow_reconstruction_error`
+  (its perturbations would decode to images it never meant).
   """
   path = config.flow.checkpoint or workdir
   state, origin = _load(

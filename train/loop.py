@@ -134,10 +134,10 @@ def train(stage_dir: str, *, desc: str, state: Any, step_fn: Callable, batch: Ca
     with _StopRequest() as stop:
       for step in range(start, total_steps):
         state, metrics = jitted(state, batch(step), key, *args)
-        history.append((step + 1, metrics))
+        done = step + 1
+        history.append((done, metrics))
         running = {k: v + metrics[k] for k, v in running.items()}
         log.advance()
-        done = step + 1
         last = done == total_steps
         stopping = stop.requested(done)
         save_now = done % checkpoint_every == 0 or last or stopping
