@@ -336,12 +336,29 @@ def _cpu(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
+def _unset_copy(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The scalar (str, int, float, bool) fields of `config`, each an unset placeholder of its
+  type, so that `--config.every_run.FIELD=VALUE` parses as FIELD itself would."""
+  out = ml_collections.ConfigDict()
+  for name, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      if name != "distributed":  # the sweep's own field, shared by every run already
+        out[name] = _unset_copy(value)
+    elif isinstance(value, (str, bool, int, float)):
+      out[name] = config_dict.placeholder(type(value))
+  return out
+
+
 def sweep(runs, arg=None) -> ml_collections.ConfigDict:
   """A sweep config (see train/sweep.py): `runs` = ((name, config_module, overrides), ...),
-  each run in the variant `arg`."""
+  each run in the variant `arg`. On the command line, `--config.every_run.FIELD=VALUE` sets
+  FIELD in every run (e.g. a local data source) and `--config.only=REGEX` runs only the runs
+  whose names match (and the runs they take a model from)."""
   finish(_common(), arg)  # rejects unknown variants early
   c = ml_collections.ConfigDict()
   c.distributed = _common().distributed
   c.sweep = tuple(runs)
   c.sweep_variant = arg or ""
+  c.every_run = _unset_copy(_common())
+  c.only = ""
   return c

@@ -186,3 +186,22 @@ def test_report_pools_only_runs_that_differ_in_their_seed(tmp_path):
   assert f"| {method} (classifier.epochs=25.0) | 56.0 |" in lines
   assert "| flow | Fashion-MNIST | DenseFlow | 1.500 | – |" in lines
   assert not any(line.startswith("| . |") for line in lines)
+
+
+def test_report_pairs_each_method_with_the_baselines_seed_by_seed(tmp_path):
+  root = str(tmp_path)
+  accs = {"da": (cifar10_da, (0.60, 0.62, 0.64)), "ala": (cifar10_adv, (0.65, 0.61, 0.70))}
+  for name, (module, values) in accs.items():
+    for seed, acc in enumerate(values):
+      config = module.get_config()
+      config.seed, config.data.train_size = seed, 2500
+      _write(root, f"{name}_s{seed}", "classifier", config, test_accuracy=acc,
+             train_examples=2500)
+  config = cifar10_adv.get_config()  # a seed the baseline lacks is not paired
+  config.seed, config.data.train_size = 7, 2500
+  _write(root, "ala_s7", "classifier", config, test_accuracy=0.99, train_examples=2500)
+  lines = report.render(root).splitlines()
+  i = lines.index("| method | minus | images | seeds | mean | min | per seed |")
+  assert lines[i + 2] == ("| A-LA l2 ε 1 α 0.5 k 3 | standard + DA | 2500 | 3 | +3.33 | -1.00 "
+                          "| +5.00 / -1.00 / +6.00 |")
+  assert len(lines) == i + 3 or not lines[i + 3].startswith("|")  # DA: not paired with itself

@@ -90,3 +90,35 @@ def test_sweep_refuses_a_finished_run_of_another_config(source, tmp_path):
                                        r"config \(classifier\.epochs: 1\.0 \(finished run\) vs "
                                        r"25\.0\)"):
     sweep.run(base.sweep(changed, "smoke"), str(tmp_path), main.run)
+
+
+def test_every_run_sets_a_field_in_each_run_and_only_selects_runs_with_their_flow(tmp_path):
+  from configs import fig5_fmnist
+  config = fig5_fmnist.get_config("smoke")
+  config.every_run.data.source = "npz:/elsewhere/d.npz"
+  config.every_run.flow.epochs = 3.0
+  config.only = r"^ala_n600_s1$|_n2400_s0$"
+  runs = dict(sweep.expand(config, str(tmp_path)))
+  assert list(runs) == ["flow", "ala_n600_s1", "standard_n2400_s0", "rla_n2400_s0",
+                        "ala_n2400_s0"]  # the flow they take, in the sweep's order
+  assert {c.data.source for c in runs.values()} == {"npz:/elsewhere/d.npz"}
+  assert {c.flow.epochs for c in runs.values()} == {3.0}
+  assert runs["ala_n600_s1"].seed == 1 and runs["ala_n600_s1"].data.train_size == 600
+  assert runs["ala_n600_s1"].data.holdout == 0  # unset every_run fields leave the run's own
+
+
+def test_every_run_refuses_fields_the_sweep_sets_per_run_or_data_of_mixed_datasets(tmp_path):
+  from configs import ablation_coding, fig5_fmnist
+  config = fig5_fmnist.get_config("smoke")
+  config.every_run.seed = 5
+  with pytest.raises(ValueError, match=r"every_run.seed: the sweep sets seed per run"):
+    sweep.expand(config, str(tmp_path))
+  config = ablation_coding.get_config("smoke")
+  config.every_run.data.holdout = 10
+  with pytest.raises(ValueError, match=r"read different datasets .* --config.only"):
+    sweep.expand(config, str(tmp_path))
+  config.only = "^fmnist_"
+  assert len(sweep.expand(config, str(tmp_path))) == 27
+  config.only = "nothing"
+  with pytest.raises(ValueError, match=r"matches no run of the sweep"):
+    sweep.expand(config, str(tmp_path))

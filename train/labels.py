@@ -1,8 +1,8 @@
 """Run labels for the report and the sweeps: readable names of attacks, of training methods,
-and of the groups of runs that differ only in their seed (`setting`), and config fields as
-dotted names (`flatten`)."""
+and of the groups of runs that differ only in their seed (`setting`), the seed-paired difference
+of two such groups (`paired`), and config fields as dotted names (`flatten`)."""
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from flax import traverse_util
 
@@ -43,6 +43,17 @@ def method_label(config: dict) -> str:
 def group_key(name: str) -> str:
   """Runs whose names differ only in a trailing seed tag `_s<N>` form one group."""
   return re.sub(r"_s\d+$", "", name)
+
+
+def paired(by_seed: Mapping[int, float], base_by_seed: Mapping[int, float]) -> Optional[dict]:
+  """Over the seeds s both groups ran, d_s = by_seed[s] - base_by_seed[s]: {n, mean_diff,
+  min_diff, diffs (in seed order)}; None when they share no seed."""
+  seeds = sorted(set(by_seed) & set(base_by_seed))
+  if not seeds:
+    return None
+  diffs = [by_seed[s] - base_by_seed[s] for s in seeds]
+  return {"n": len(seeds), "mean_diff": float(sum(diffs) / len(diffs)),
+          "min_diff": float(min(diffs)), "diffs": diffs, "seeds": seeds}
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict:

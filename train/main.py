@@ -131,9 +131,7 @@ def default_workdir(config_arg: str) -> str:
 def describe(config: ml_collections.ConfigDict) -> str:
   """The resolved config and what would run: the stages in order, or the runs of a sweep."""
   if config.get("sweep"):
-    plan = [f"sweep of {len(config.sweep)} runs (variant {config.sweep_variant!r}):"]
-    plan += [f"  {name}: configs/{module}.py {dict(overrides)}"
-             for name, module, overrides in config.sweep]
+    plan = sweep.describe(config)
   else:
     spec = attack.from_perturb(config.perturb) if classifier.NAME in config.stages else None
     needs = _needs(config, spec)

@@ -162,7 +162,7 @@ def accuracy_sections(runs: dict, runs_dir: str) -> list:
     row = (method, labels.setting_key(flat, SIZE_FIELDS))
     settings[row] = flat
     grouped.setdefault(dataset_name(config), {}).setdefault(row, {}).setdefault(
-        _size(config, out), []).append(out["test_accuracy"])
+        _size(config, out), []).append((config["seed"], out["test_accuracy"]))
   lines = []
   for dataset, by_row in grouped.items():
     names = labels.row_names({row: settings[row] for row in by_row}, SIZE_FIELDS)
@@ -175,7 +175,7 @@ def accuracy_sections(runs: dict, runs_dir: str) -> list:
       row = [name]
       for size in sizes:
         if size in by_size:
-          row.append(_mean_std(by_size[size])
+          row.append(_mean_std([acc for _, acc in by_size[size]])
                      + _paper(paper.get(method, {}).get(_paper_column(dataset, size))))
         else:
           row.append("")
@@ -185,13 +185,41 @@ def accuracy_sections(runs: dict, runs_dir: str) -> list:
     lines += _table(["method"] + [_size_label(s) for s in sizes], rows) + [""]
     if dataset == "Fashion-MNIST":
       lines += [PAPER["fig5"], ""]
+    lines += paired_section(methods, sizes)
     if len(sizes) > 1:
-      series = {m: [(s[0], 100 * np.mean(v), 100 * np.std(v)) for s, v in by_size.items()]
-                for m, (_, by_size) in methods.items()}
+      series = {m: [(s[0], 100 * np.mean([a for _, a in v]), 100 * np.std([a for _, a in v]))
+                    for s, v in by_size.items()] for m, (_, by_size) in methods.items()}
       name = f"fig5_{_slug(dataset)}.png"
       figures.size_sweep(series, os.path.join(runs_dir, name), title=dataset)
       lines += [f"![{dataset}: test accuracy against training images]({name})", ""]
   return lines
+
+
+BASELINES = ("standard", "standard + DA")  # the methods others are paired with, seed by seed
+
+
+def paired_section(methods: dict, sizes: list) -> list:
+  """Per size, each method with several seeds minus each baseline method (`BASELINES`), over
+  the seeds both ran (`labels.paired`): mean, minimum and per-seed differences in points.
+  `methods`: {row name: (method label, {size: [(seed, accuracy)]})}."""
+  rows = []
+  for size in sizes:
+    for base_name, (base_method, base_by_size) in methods.items():
+      if base_method not in BASELINES or size not in base_by_size:
+        continue
+      for name, (_, by_size) in sorted(methods.items()):
+        if name == base_name or size not in by_size:
+          continue
+        pair = labels.paired(dict(by_size[size]), dict(base_by_size[size]))
+        if pair and pair["n"] > 1:
+          rows.append([name, base_name, _size_label(size), pair["n"],
+                       f"{100 * pair['mean_diff']:+.2f}", f"{100 * pair['min_diff']:+.2f}",
+                       " / ".join(f"{100 * d:+.2f}" for d in pair["diffs"])])
+  if not rows:
+    return []
+  return (["Paired by seed (points; a method minus a baseline over the seeds both ran):", ""]
+          + _table(["method", "minus", "images", "seeds", "mean", "min", "per seed"], rows)
+          + [""])
 
 
 def evaluation_sections(runs: dict) -> list:

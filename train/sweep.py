@@ -7,12 +7,15 @@
 flow that an earlier run of the sweep trained (`{"flow.checkpoint": "@flow"}`). Finished runs
 (with a `results.json`) are skipped and interrupted ones resume, so rerunning a killed sweep
 finishes it (a finished run whose stored config differs from the sweep's is refused, naming the
-fields). The sweep's own `results.json` lists every run and the mean ± std of the test
+fields). `config.every_run` holds fields set in every run (unset ones are left alone; a field the
+sweep sets per run is refused there), e.g. a local copy of the data; `config.only`, a regular
+expression, keeps the runs whose names it matches and the runs those take a model from. The sweep's own `results.json` lists every run and the mean ± std of the test
 accuracy of each group of runs whose names differ only in a `_s<seed>` suffix, and each group's
 per-seed difference to the group 'standard' (mean and minimum over the seeds both ran).
 """
 import importlib
 import os
+import re
 import time
 from typing import Any, Callable
 
@@ -34,18 +37,57 @@ def _apply(config: ml_collections.ConfigDict, field: str, value: Any) -> None:
   node[name] = value
 
 
+def _set_fields(node: ml_collections.ConfigDict, prefix: str = "") -> dict:
+  """{dotted field: value} of the fields of `node` that are set (not None)."""
+  out = {}
+  for name, value in node.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      out.update(_set_fields(value, f"{prefix}{name}."))
+    elif value is not None:
+      out[prefix + name] = value
+  return out
+
+
+def _selected(entries: list, only: str) -> list:
+  """The entries whose names match the regular expression `only` ('' = all), with the runs
+  they reference ('@name'), transitively; in the sweep's order."""
+  if not only:
+    return list(entries)
+  by_name = {entry[0]: entry for entry in entries}
+  keep = {name for name in by_name if re.search(only, name)}
+  if not keep:
+    raise ValueError(f"--config.only={only!r} matches no run of the sweep; its runs are "
+                     f"{', '.join(by_name)}.")
+  todo = list(keep)
+  while todo:
+    for value in by_name[todo.pop()][2].values():
+      if isinstance(value, str) and value.startswith("@") and value[1:] not in keep:
+        keep.add(value[1:])
+        todo.append(value[1:])
+  return [entry for entry in entries if entry[0] in keep]
+
+
 def expand(config: ml_collections.ConfigDict, workdir: str) -> list:
-  """[(name, config of that run)] with overrides applied and '@run' paths resolved."""
-  runs, names = [], [entry[0] for entry in config.sweep]
+  """[(name, config of that run)] of the selected runs (`config.only`), each with
+  `config.every_run`'s set fields and then its own overrides applied, '@run' paths resolved."""
+  names = [entry[0] for entry in config.sweep]
   if len(set(names)) != len(names):
     raise ValueError(f"sweep run names must be unique, got {names}.")
-  for name, module, overrides in config.sweep:
+  shared = _set_fields(config.every_run) if "every_run" in config else {}
+  runs, own_sources = [], set()
+  for name, module, overrides in _selected(config.sweep, config.get("only", "")):
     try:
       get_config = importlib.import_module(f"configs.{module}").get_config
     except ModuleNotFoundError:
       raise ValueError(f"sweep run {name!r}: no config file configs/{module}.py.") from None
     child = get_config(config.sweep_variant or None)
     child.distributed = config.distributed
+    own_sources.add(child.data.source)
+    for field, value in shared.items():
+      if field in overrides:
+        raise ValueError(f"--config.every_run.{field}: the sweep sets {field} per run (run "
+                         f"{name!r}: {overrides[field]!r}), so it cannot be set for every run.")
+      _apply(child, field, value)
     for field, value in overrides.items():
       if isinstance(value, str) and value.startswith("@"):
         if value[1:] not in names:
@@ -53,7 +95,24 @@ def expand(config: ml_collections.ConfigDict, workdir: str) -> list:
         value = os.path.join(workdir, value[1:])
       _apply(child, field, value)
     runs.append((name, child))
+  if len(own_sources) > 1 and any(field.startswith("data.") for field in shared):
+    raise ValueError(f"--config.every_run.data.*: these runs read different datasets "
+                     f"({', '.join(sorted(own_sources))}), so one data setting cannot hold for "
+                     "all; select one dataset's runs with --config.only=REGEX.")
   return runs
+
+
+def describe(config: ml_collections.ConfigDict) -> list:
+  """Lines saying which runs the sweep would run, with what (raising what `expand` would)."""
+  expand(config, "WORKDIR")
+  entries = _selected(config.sweep, config.get("only", ""))
+  lines = [f"sweep of {len(entries)} of {len(config.sweep)} runs "
+           f"(variant {config.sweep_variant!r}):"]
+  shared = _set_fields(config.every_run) if "every_run" in config else {}
+  if shared:
+    lines.append(f"  in every run: {shared}")
+  return lines + [f"  {name}: configs/{module}.py {dict(overrides)}"
+                  for name, module, overrides in entries]
 
 
 def summarize(rows: list) -> list:
@@ -78,12 +137,10 @@ def paired(rows: list, baseline: str = BASELINE) -> list:
       acc.setdefault(row["group"], {})[row["seed"]] = row["test_accuracy"]
   out = []
   for group, by_seed in acc.items():
-    seeds = sorted(set(by_seed) & set(acc.get(baseline, {})))
-    if group == baseline or not seeds:
-      continue
-    diffs = [by_seed[s] - acc[baseline][s] for s in seeds]
-    out.append({"group": group, "n": len(seeds), "mean_diff": float(np.mean(diffs)),
-                "min_diff": float(np.min(diffs))})
+    pair = labels.paired(by_seed, acc.get(baseline, {})) if group != baseline else None
+    if pair:
+      out.append({"group": group, "n": pair["n"], "mean_diff": pair["mean_diff"],
+                  "min_diff": pair["min_diff"]})
   return out
 
 
