@@ -42,7 +42,7 @@ def _assert_close(got, want, **tol):
 PLANS = [conv.Plan(f, f, f) for f in conv.FORMS] + [
     conv.Plan("lax", "im2col", "lax"), conv.Plan("im2col", "shifted", "lax"),
     conv.Plan("shifted", "lax", "im2col"), conv.Plan("lax", "col2im", "shifted"),
-    conv.Plan("col2im", "im2col", "lax")]
+    conv.Plan("col2im", "im2col", "lax"), conv.Plan("lax", "im2col", "im2col", True)]
 
 
 @pytest.mark.parametrize("plan", PLANS, ids=str)
@@ -135,10 +135,8 @@ def test_choose_plan():
   assert conv.choose_plan((1, 1, 512, 512), (1, 1)) == conv.Plan(
       "im2col", "im2col", "im2col")
   assert conv.choose_plan((3, 3, 6, 512), (1, 1)) == conv.Plan("lax", "im2col", "im2col")
-  assert conv.choose_plan((3, 3, 64, 64), (1, 1)) == conv.Plan(
-      "lax", "im2col", "shifted")
-  assert conv.choose_plan((3, 3, 64, 128), (2, 2)) == conv.Plan(
-      "lax", "im2col", "shifted")
+  assert conv.choose_plan((3, 3, 64, 64), (1, 1)) == conv.Plan("lax", "im2col", "im2col", True)
+  assert conv.choose_plan((3, 3, 64, 128), (2, 2)) == conv.Plan("lax", "im2col", "im2col", True)
   assert conv.choose_plan((3, 3, 512, 12), (1, 1)) == conv.Plan(
       "col2im", "col2im", "col2im")
   assert conv.choose_plan((3, 3, 512, 12), (2, 2)).forward == "lax"
