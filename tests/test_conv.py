@@ -122,8 +122,10 @@ def test_switch_off_gives_plain_lax_on_cpu_too():
   assert conv.cpu_plan(x, kernel, (1, 1), "SAME", dimension_numbers=DN) is not None
 
 
-def test_second_order_matches_lax():
-  x, kernel = _inputs(c=3, o=2, k=3)
+@pytest.mark.parametrize("c", [3, 40])  # 40: the plan rebuilds the patches (rebuild_patches)
+def test_second_order_matches_lax(c):
+  x, kernel = _inputs(c=c, o=2, k=3)
+  assert conv.choose_plan(kernel.shape, (2, 2)).rebuild_patches == (c >= 32)
   def grad_norm(fn):
     loss = lambda a, b: jnp.sum(jnp.tanh(fn(a, b, (2, 2), "SAME", dimension_numbers=DN)))
     return jax.grad(lambda a, b: jnp.sum(jax.grad(loss, (0, 1))(a, b)[1] ** 2), (0, 1))
