@@ -2,7 +2,8 @@
 
 Measures the machine's float32 matmul rate, then flows (forward, inverse, train step),
 classifier train steps, the standard / R-LA / A-LA / image-PGD steps, compile time against
-flow depth, the Glow step with plain vs project convolutions, and the input pipeline; writes
+flow depth, the Glow step with plain vs project convolutions, the input pipeline, and the
+ResNet-18 train step against the same step in PyTorch (`torch`, skipped without torch); writes
 `benchmarks/results/<platform>.json` and the tables of `BENCHMARKS.md` for that platform
 (other platforms' sections are kept; a run of some `--sections` keeps the others' numbers). Speeds are
 the fastest of a few calls; FLOPs are counted from the jaxpr (see `benchmarks/harness.py`).
@@ -19,17 +20,34 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import augment, flow, harness
+from benchmarks import augment, flow, harness, torch_ref
 from configs import cifar10_standard, fmnist_standard
 from train import frozen, models
 from train.stages import classifier
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SECTIONS = ("flow", "classifier", "augment", "depth", "data", "conv")
+SECTIONS = ("flow", "classifier", "augment", "depth", "data", "conv", "torch")
 STEP_COLUMNS = [("what", "name", None), ("img/s", "img_per_s", "{:.2f}"),
                 ("GFLOP/call", "gflop_per_call", "{:.2f}"), ("GFLOP/s", "gflop_per_s", "{:.1f}"),
                 ("of matmul peak", "fraction_of_matmul_peak", "{:.0%}"),
                 ("compile s", "compile_s", "{:.1f}")]
+
+
+def classifier_step(name, config, shape, batch_size, repeats=2) -> harness.Measurement:
+  """The classifier stage's train step (crop/flip as configured, no perturbation) on a
+  random uint8 batch of `batch_size` images of `shape`."""
+  rng = np.random.default_rng(0)
+  batch = {"image": jnp.asarray(rng.integers(0, 256, (batch_size,) + shape, np.uint8)),
+           "label": jnp.asarray(np.arange(batch_size) % 10, jnp.int32)}
+  model = models.create_classifier(config, 10)
+  tx = models.create_classifier_optimizer(config.classifier, steps_per_epoch=100)
+  state = jax.jit(lambda k: models.create_classifier_state(model, k, shape, tx))(
+      jax.random.PRNGKey(0))
+  step = functools.partial(classifier.train_step, model=model, config=config, spec=None,
+                           num_classes=10)
+  return harness.measure(f"{name}, batch {batch_size}", step, state, batch,
+                         jax.random.PRNGKey(1), frozen.Frozen(), items=batch_size,
+                         repeats=repeats, carry=lambda out, args: (out[0],) + args[1:])
 
 
 def classifier_steps(accelerator: bool) -> list:
@@ -43,19 +61,33 @@ def classifier_steps(accelerator: bool) -> list:
       if not accelerator:
         continue
       config.classifier.arch.dtype = "bfloat16"
-    rng = np.random.default_rng(0)
-    batch = {"image": jnp.asarray(rng.integers(0, 256, (batch_size,) + shape, np.uint8)),
-             "label": jnp.asarray(np.arange(batch_size) % 10, jnp.int32)}
-    model = models.create_classifier(config, 10)
-    tx = models.create_classifier_optimizer(config.classifier, steps_per_epoch=100)
-    state = jax.jit(lambda k: models.create_classifier_state(model, k, shape, tx))(
-        jax.random.PRNGKey(0))
-    step = functools.partial(classifier.train_step, model=model, config=config, spec=None,
-                             num_classes=10)
-    rows.append(harness.measure(f"{name}, batch {batch_size}", step, state, batch,
-                                jax.random.PRNGKey(1), frozen.Frozen(), items=batch_size, repeats=2,
-                                carry=lambda out, args: (out[0],) + args[1:]))
+    rows.append(classifier_step(name, config, shape, batch_size))
   return rows
+
+
+def torch_reference(batch_size: int = 128, rounds: int = 2) -> dict:
+  """Our ResNet-18 train step and PyTorch's (`benchmarks/torch_ref.py`, NCHW and
+  channels-last) at `batch_size`, on as many threads as this process may use, measured in
+  alternation for `rounds` rounds (the best of each kept): {"rows": [...]} with ours / torch,
+  or {"skipped": why} when torch is not importable."""
+  if not torch_ref.available():
+    return {"skipped": "torch is not importable (optional: `pip install -r requirements-fid.txt`)"}
+  threads = len(os.sched_getaffinity(0))
+  best = {"ours": float("inf"), "torch NCHW": float("inf"), "torch channels-last": float("inf")}
+  for _ in range(rounds):
+    ours = classifier_step("ResNet-18 train step", cifar10_standard.get_config(), (32, 32, 3),
+                           batch_size)
+    best["ours"] = min(best["ours"], ours.seconds)
+    for layout, last in (("torch NCHW", False), ("torch channels-last", True)):
+      best[layout] = min(best[layout], torch_ref.resnet18_step_seconds(
+          batch_size, threads=threads, channels_last=last))
+  torch_best = min(best["torch NCHW"], best["torch channels-last"])
+  return {"threads": threads, "torch": torch_ref.version(), "rows": [{
+      "name": f"ResNet-18 train step, batch {batch_size}",
+      "ours_img_per_s": batch_size / best["ours"],
+      "torch_nchw_img_per_s": batch_size / best["torch NCHW"],
+      "torch_channels_last_img_per_s": batch_size / best["torch channels-last"],
+      "ratio": torch_best / best["ours"]}]}
 
 
 def machine() -> dict:
@@ -102,6 +134,20 @@ def render(results: dict) -> str:
                 ("flow", "flow", None), ("lax s/step", "lax_step_s", "{:.2f}"),
                 ("project s/step", "project_step_s", "{:.2f}"),
                 ("speed-up", "speedup", "{:.2f}x")]), ""]
+  if results.get("torch"):
+    t = results["torch"]
+    out += ["### Against PyTorch on the same CPU (same process, same thread count)", ""]
+    if "skipped" in t:
+      out += [f"Skipped: {t['skipped']}.", ""]
+    else:
+      out += [f"torch {t['torch']}, {t['threads']} threads (`torch.set_num_threads`); the "
+              "same CIFAR ResNet-18 and SGD step (`benchmarks/torch_ref.py`); ours / torch is "
+              "against torch's faster layout (target >= 1.0).", "",
+              harness.markdown_table(t["rows"], [
+                  ("step", "name", None), ("ours img/s", "ours_img_per_s", "{:.2f}"),
+                  ("torch NCHW img/s", "torch_nchw_img_per_s", "{:.2f}"),
+                  ("torch channels-last img/s", "torch_channels_last_img_per_s", "{:.2f}"),
+                  ("ours / torch", "ratio", "{:.2f}")]), ""]
   if results.get("data"):
     d = results["data"]
     out += ["### Input pipeline (CIFAR-10 tar, batch 128)", "",
@@ -177,6 +223,9 @@ def main(argv=None):
   if "data" in sections:
     from benchmarks import data as data_bench
     results["data"] = data_bench.run()
+  if "torch" in sections:
+    samples.append(harness.matmul_peak())
+    results["torch"] = torch_reference()
   samples.append(harness.matmul_peak())
   peak = max(samples)
   results.update(machine=started, matmul_flops=peak, matmul_flops_samples=samples)

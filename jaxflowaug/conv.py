@@ -43,9 +43,9 @@ KH*KW*O.
 dy = conv(dx, k) + conv(x, dk) uses a form per term (a `Plan`), so reverse mode
 gets the chosen gradient forms while forward mode (jvp, jacfwd), vmap, jit and
 higher-order derivatives keep working. Residuals: an "im2col" weight-tangent form keeps P
-(KH*KW times x) for the backward pass, so `choose_plan` uses it only where P is small (1x1
-kernels, where P is x itself or its strided subsample, and inputs with few channels);
-"shifted" keeps the padded x, "col2im" x itself.
+(KH*KW times x) for the backward pass, unless the plan says `rebuild_patches`: then that term
+runs under `jax.checkpoint` (nothing saved), and the backward pass keeps x and rebuilds P from
+it; "shifted" keeps the padded x, "col2im" x itself.
 
 Switch. `enable_plans(False)` makes `conv_general_dilated` plain `lax.conv_general_dilated` on
 every platform: for comparison (benchmarks), and for a jax whose XLA:CPU no longer needs the
@@ -90,10 +90,13 @@ class Plan:
     forward: form of the primal y = conv(x, k).
     input_grad: form of the tangent term conv(dx, k); the input gradient is its transpose.
     weight_grad: form of the tangent term conv(x, dk); the weight gradient is its transpose.
+    rebuild_patches: with weight_grad "im2col", rebuild the patch matrix in the backward pass
+      instead of keeping it from the forward pass (same values; memory of x, not KH*KW x).
   """
   forward: str
   input_grad: str
   weight_grad: str
+  rebuild_patches: bool = False
 
   def __post_init__(self):
     for field in ("forward", "input_grad", "weight_grad"):
@@ -118,18 +121,26 @@ def choose_plan(k_shape: Sequence[int], strides: Sequence[int]) -> Plan:
   * KH*KW*O small (2 KH KW O <= C, e.g. the coupling net's 512 -> 12) and stride 1: every
     product is "col2im", one matmul with KH*KW*O columns (weight gradient 11 ms vs 27 ms
     shifted for 512->12 in a scan; forward 3.1 ms vs 5.3 ms lax);
-  * few input channels (C < 32, e.g. 6 -> 512): both gradients "im2col" (the patch matrix
-    is small; weight gradient 6.9 ms vs 14.8 ms shifted);
-  * otherwise the input gradient is "im2col" and the weight gradient "shifted" (KH*KW
-    matmuls; its residual is xp alone, where "im2col" would keep KH*KW copies of x), and the
-    forward stays lax.
+  * otherwise both gradients are "im2col" and the forward stays lax. The weight gradient
+    P^T @ dy is one matmul contracting N*OH*OW. With few input channels (the coupling nets'
+    6 -> 512) it took 6.9 ms vs 14.8 ms "shifted" in a scan. With C >= 32 (ResNet-18's 3x3
+    convolutions) "shifted" (KH*KW matmuls over strided tap slices, no patch matrix) was the
+    choice until its slices were seen to cost 16% of a ResNet-18 train step (2-core AMD EPYC,
+    XLA:CPU 0.10.2, batch 128: 9.6 -> 11.8 img/s with "im2col"; lax's backward-filter
+    convolution: 7.3 img/s at batch 64). There P (KH*KW times x) is large and is rebuilt in
+    the backward pass (`rebuild_patches`: same speed in that step; with few channels, where P
+    is small, rebuilding cost ~5% of the Glow 3x4x64 train step, 108 vs 114 img/s). The input
+    gradient stays "im2col" though lax's is 2x faster outside loops (3x3 64->64 on 32x32,
+    batch 32: 74 vs 143 ms forward + input gradient), because inside a `fori_loop`, where
+    A-LA and PGD differentiate the classifier, lax's is 2-3x slower (220 vs 100 ms per
+    iteration).
   """
   kh, kw, c, o = k_shape
   if kh == kw == 1:
     return Plan("im2col", "im2col", "im2col")
   if 2 * kh * kw * o <= c and all(s == 1 for s in strides):
     return Plan("col2im", "col2im", "col2im")
-  return Plan("lax", "im2col", "im2col" if c < 32 else "shifted")
+  return Plan("lax", "im2col", "im2col", rebuild_patches=c >= 32)
 
 
 def _taps(x, k_shape, strides, pads):
@@ -216,7 +227,10 @@ def _planned_conv_jvp(strides, pads, plan, precision, preferred_element_type, pr
   if not isinstance(dx, SymbolicZero):
     terms.append(conv(plan.input_grad, dx, k))
   if not isinstance(dk, SymbolicZero):
-    terms.append(conv(plan.weight_grad, x, dk))
+    weight_term = functools.partial(conv, plan.weight_grad)
+    if plan.rebuild_patches and plan.weight_grad == "im2col":
+      weight_term = jax.checkpoint(weight_term, policy=jax.checkpoint_policies.nothing_saveable)
+    terms.append(weight_term(x, dk))
   return conv(plan.forward, x, k), sum(terms[1:], terms[0])
 
 

@@ -1,6 +1,10 @@
-"""The benchmarks' FLOP counter: loops times their trip counts, nominal conv arithmetic."""
+"""The benchmarks' FLOP counter (loops times their trip counts, nominal conv arithmetic) and
+the PyTorch reference section (optional: skipped without torch)."""
+import sys
+
 import jax
 import jax.numpy as jnp
+import pytest
 from jax import lax
 
 from benchmarks import harness
@@ -25,3 +29,29 @@ def test_conv_gradient_counts_nominal_flops():
   nominal = 3 * 2 * (2 * 8 * 8 * 2) * 9 * 40
   assert harness.jaxpr_flops(jax.grad(loss(conv.conv_general_dilated), (0, 1)), x, k) == nominal
   assert harness.jaxpr_flops(jax.grad(loss(lax.conv_general_dilated), (0, 1)), x, k) == nominal
+
+
+def test_torch_section_skips_cleanly_without_torch(monkeypatch):
+  """With `import torch` failing, the section records why it was skipped and renders it."""
+  from benchmarks import run
+  monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
+  result = run.torch_reference()
+  assert "torch is not importable" in result["skipped"]
+  text = run.render({"machine": run.machine(), "matmul_flops": 1e11, "torch": result})
+  assert "Skipped: torch is not importable" in text
+
+
+def test_torch_resnet18_is_ours():
+  """Same parameter count (11,173,962 for 10 classes) and output shape; one step runs."""
+  pytest.importorskip("torch")
+  import torch
+  from benchmarks import torch_ref
+  from jaxflowaug import models
+  ours = models.get("ResNet18", num_classes=10)
+  shapes = jax.eval_shape(lambda: ours.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)),
+                                            train=False))
+  count = sum(x.size for x in jax.tree.leaves(shapes["params"]))
+  reference = torch_ref.resnet18(10)
+  assert torch_ref.parameter_count(reference) == count == 11_173_962
+  assert reference(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+  assert torch_ref.resnet18_step_seconds(batch_size=2, threads=1, repeats=1) > 0

@@ -42,7 +42,7 @@ def _assert_close(got, want, **tol):
 PLANS = [conv.Plan(f, f, f) for f in conv.FORMS] + [
     conv.Plan("lax", "im2col", "lax"), conv.Plan("im2col", "shifted", "lax"),
     conv.Plan("shifted", "lax", "im2col"), conv.Plan("lax", "col2im", "shifted"),
-    conv.Plan("col2im", "im2col", "lax")]
+    conv.Plan("col2im", "im2col", "lax"), conv.Plan("lax", "im2col", "im2col", True)]
 
 
 @pytest.mark.parametrize("plan", PLANS, ids=str)
@@ -122,8 +122,10 @@ def test_switch_off_gives_plain_lax_on_cpu_too():
   assert conv.cpu_plan(x, kernel, (1, 1), "SAME", dimension_numbers=DN) is not None
 
 
-def test_second_order_matches_lax():
-  x, kernel = _inputs(c=3, o=2, k=3)
+@pytest.mark.parametrize("c", [3, 40])  # 40: the plan rebuilds the patches (rebuild_patches)
+def test_second_order_matches_lax(c):
+  x, kernel = _inputs(c=c, o=2, k=3)
+  assert conv.choose_plan(kernel.shape, (2, 2)).rebuild_patches == (c >= 32)
   def grad_norm(fn):
     loss = lambda a, b: jnp.sum(jnp.tanh(fn(a, b, (2, 2), "SAME", dimension_numbers=DN)))
     return jax.grad(lambda a, b: jnp.sum(jax.grad(loss, (0, 1))(a, b)[1] ** 2), (0, 1))
@@ -135,10 +137,8 @@ def test_choose_plan():
   assert conv.choose_plan((1, 1, 512, 512), (1, 1)) == conv.Plan(
       "im2col", "im2col", "im2col")
   assert conv.choose_plan((3, 3, 6, 512), (1, 1)) == conv.Plan("lax", "im2col", "im2col")
-  assert conv.choose_plan((3, 3, 64, 64), (1, 1)) == conv.Plan(
-      "lax", "im2col", "shifted")
-  assert conv.choose_plan((3, 3, 64, 128), (2, 2)) == conv.Plan(
-      "lax", "im2col", "shifted")
+  assert conv.choose_plan((3, 3, 64, 64), (1, 1)) == conv.Plan("lax", "im2col", "im2col", True)
+  assert conv.choose_plan((3, 3, 64, 128), (2, 2)) == conv.Plan("lax", "im2col", "im2col", True)
   assert conv.choose_plan((3, 3, 512, 12), (1, 1)) == conv.Plan(
       "col2im", "col2im", "col2im")
   assert conv.choose_plan((3, 3, 512, 12), (2, 2)).forward == "lax"
