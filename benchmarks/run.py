@@ -88,9 +88,8 @@ def torch_reference(batch_size: int = 128, rounds: int = 1, glow_batch: int = 8,
   alternation for `rounds` rounds, the best of each kept), the Glow 3x32x512 forward and
   inverse at `glow_batch`, and the A-LA k=3 train step (`configs/cifar10_adv.py`, ours via
   `augment.measure_setup`) at `ala_batch`: {"rows": [...]} with ours / torch, or
-  {"skipped": why} when torch is not importable. The torch A-LA step is timed once without a
-  warm-up (a step takes minutes there; the torch Glow timings before it create the same
-  convolution primitives)."""
+  {"skipped": why} when torch is not importable. The torch Glow and A-LA step are timed once
+  after one warm-up (about 10 s and 15 s a call on the 2-vCPU machine)."""
   if not torch_ref.available():
     return {"skipped": "torch is not importable (optional: `pip install -r requirements-fid.txt`)"}
   threads = len(os.sched_getaffinity(0))
@@ -121,7 +120,7 @@ def torch_reference(batch_size: int = 128, rounds: int = 1, glow_batch: int = 8,
       (("A-LA", {"method": "ala"}),))[0]
   torch_ala = torch_ref.ala_step_seconds(
       ala_batch, threads=threads, repeats=1, steps=config.perturb.steps, eps=config.perturb.eps,
-      step_size=config.perturb.step_size, warm_up=False)
+      step_size=config.perturb.step_size)
   rows.append({"name": f"A-LA k {config.perturb.steps} train step (Glow 3x32x512 + "
                        f"ResNet-18), batch {ala_batch}",
                "ours_img_per_s": ala_batch / ours_ala.seconds,
