@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import augment, flow, harness, torch_ref
-from configs import cifar10_standard, fmnist_standard
+from configs import cifar10_adv, cifar10_standard, fmnist_standard
 from train import frozen, models
 from train.stages import classifier
 
@@ -65,11 +65,31 @@ def classifier_steps(accelerator: bool) -> list:
   return rows
 
 
-def torch_reference(batch_size: int = 128, rounds: int = 2) -> dict:
-  """Our ResNet-18 train step and PyTorch's (`benchmarks/torch_ref.py`, NCHW and
-  channels-last) at `batch_size`, on as many threads as this process may use, measured in
-  alternation for `rounds` rounds (the best of each kept): {"rows": [...]} with ours / torch,
-  or {"skipped": why} when torch is not importable."""
+def _jax_glow_seconds(batch_size: int) -> tuple:
+  """(forward s, inverse s) of our Glow 3x32x512 (`configs/cifar10_adv.py`'s flow) on a
+  random batch, jitted, the fastest of 2 calls after compile and warm-up."""
+  config = cifar10_adv.get_config()
+  flow_model = models.create_flow(config, 10)
+  x = jnp.asarray(np.random.default_rng(0).random((batch_size, 32, 32, 3), np.float32))
+  variables = jax.jit(lambda v: flow_model.init(jax.random.PRNGKey(0), v,
+                                                method=flow_model.forward))(x)
+  fwd = harness.measure("Glow forward", lambda v, a: flow_model.apply(
+      v, a, method=flow_model.forward)[0], variables, x, items=batch_size, repeats=2)
+  z = jax.jit(lambda v, a: flow_model.apply(v, a, method=flow_model.forward)[0])(variables, x)
+  inv = harness.measure("Glow inverse", lambda v, a: flow_model.apply(
+      v, a, method=flow_model.inverse)[0], variables, z, items=batch_size, repeats=2)
+  return fwd.seconds, inv.seconds
+
+
+def torch_reference(batch_size: int = 128, rounds: int = 1, glow_batch: int = 8,
+                    ala_batch: int = 8) -> dict:
+  """Against PyTorch (`benchmarks/torch_ref.py`) on as many threads as this process may use:
+  the ResNet-18 train step at `batch_size` (torch NCHW and channels-last, measured in
+  alternation for `rounds` rounds, the best of each kept), the Glow 3x32x512 forward and
+  inverse at `glow_batch`, and the A-LA k=3 train step (`configs/cifar10_adv.py`, ours via
+  `augment.measure_setup`) at `ala_batch`: {"rows": [...]} with ours / torch, or
+  {"skipped": why} when torch is not importable. The torch Glow and A-LA step are timed once
+  after one warm-up (about 10 s and 15 s a call on the 2-vCPU machine)."""
   if not torch_ref.available():
     return {"skipped": "torch is not importable (optional: `pip install -r requirements-fid.txt`)"}
   threads = len(os.sched_getaffinity(0))
@@ -82,12 +102,31 @@ def torch_reference(batch_size: int = 128, rounds: int = 2) -> dict:
       best[layout] = min(best[layout], torch_ref.resnet18_step_seconds(
           batch_size, threads=threads, channels_last=last))
   torch_best = min(best["torch NCHW"], best["torch channels-last"])
-  return {"threads": threads, "torch": torch_ref.version(), "rows": [{
-      "name": f"ResNet-18 train step, batch {batch_size}",
-      "ours_img_per_s": batch_size / best["ours"],
-      "torch_nchw_img_per_s": batch_size / best["torch NCHW"],
-      "torch_channels_last_img_per_s": batch_size / best["torch channels-last"],
-      "ratio": torch_best / best["ours"]}]}
+  rows = [{"name": f"ResNet-18 train step, batch {batch_size}",
+           "ours_img_per_s": batch_size / best["ours"],
+           "torch_nchw_img_per_s": batch_size / best["torch NCHW"],
+           "torch_channels_last_img_per_s": batch_size / best["torch channels-last"],
+           "ratio": torch_best / best["ours"]}]
+  ours_fwd, ours_inv = _jax_glow_seconds(glow_batch)
+  torch_fwd, torch_inv = torch_ref.glow_seconds(glow_batch, threads=threads, repeats=1)
+  for what, ours_s, torch_s in (("forward", ours_fwd, torch_fwd),
+                                ("inverse", ours_inv, torch_inv)):
+    rows.append({"name": f"Glow 3x32x512 {what}, batch {glow_batch}",
+                 "ours_img_per_s": glow_batch / ours_s,
+                 "torch_nchw_img_per_s": glow_batch / torch_s, "ratio": torch_s / ours_s})
+  config = cifar10_adv.get_config()
+  ours_ala = augment.measure_setup(
+      "CIFAR-10 Glow 3x32x512 + ResNet-18", config, (32, 32, 3), ala_batch,
+      (("A-LA", {"method": "ala"}),))[0]
+  torch_ala = torch_ref.ala_step_seconds(
+      ala_batch, threads=threads, repeats=1, steps=config.perturb.steps, eps=config.perturb.eps,
+      step_size=config.perturb.step_size)
+  rows.append({"name": f"A-LA k {config.perturb.steps} train step (Glow 3x32x512 + "
+                       f"ResNet-18), batch {ala_batch}",
+               "ours_img_per_s": ala_batch / ours_ala.seconds,
+               "torch_nchw_img_per_s": ala_batch / torch_ala,
+               "ratio": torch_ala / ours_ala.seconds})
+  return {"threads": threads, "torch": torch_ref.version(), "rows": rows}
 
 
 def machine() -> dict:
@@ -141,8 +180,10 @@ def render(results: dict) -> str:
       out += [f"Skipped: {t['skipped']}.", ""]
     else:
       out += [f"torch {t['torch']}, {t['threads']} threads (`torch.set_num_threads`); the "
-              "same CIFAR ResNet-18 and SGD step (`benchmarks/torch_ref.py`); ours / torch is "
-              "against torch's faster layout (target >= 1.0).", "",
+              "same CIFAR ResNet-18 and SGD step, Glow and A-LA step (`benchmarks/torch_ref.py`); "
+              "ours / torch is against torch's faster layout (ResNet target >= 1.0, A-LA "
+              ">= 2.0); the Glow and A-LA rows are NCHW only (their channels-last cell is "
+              "empty).", "",
               harness.markdown_table(t["rows"], [
                   ("step", "name", None), ("ours img/s", "ours_img_per_s", "{:.2f}"),
                   ("torch NCHW img/s", "torch_nchw_img_per_s", "{:.2f}"),
