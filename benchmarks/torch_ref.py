@@ -107,13 +107,7 @@ def resnet18_step_seconds(batch_size: int = 128, threads: int = 2, repeats: int 
       torch.nn.functional.cross_entropy(model(x), y).backward()
       opt.step()
 
-    step()
-    best = float("inf")
-    for _ in range(repeats):
-      t0 = time.perf_counter()
-      step()
-      best = min(best, time.perf_counter() - t0)
-    return best
+    return _best(step, repeats)
   finally:
     torch.set_num_threads(saved_threads)
 
@@ -134,7 +128,7 @@ def glow(num_levels: int = 3, num_steps: int = 32, hidden_channels: int = 512,
   (ours is data-dependent): the same arithmetic either way.
   """
   torch = _torch()
-  nn, F = torch.nn, torch.nn.functional
+  nn = torch.nn
 
   def squeeze(x):
     b, c, h, w = x.shape
