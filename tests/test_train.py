@@ -2,6 +2,7 @@
 import json
 import os
 import shutil
+import subprocess
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +11,7 @@ import pytest
 
 from configs import cifar10_adv, cifar10_flow, fmnist_adv, fmnist_standard
 from jaxflowaug import data, parallel
-from train import attack, checkpoint, frozen, input_pipeline, main, models
+from train import attack, checkpoint, frozen, input_pipeline, main, models, results
 from train.stages import classifier
 
 pytestmark = pytest.mark.slow  # end to end: `pytest -m 'not slow'` skips it
@@ -118,6 +119,24 @@ def test_flow_checkpoint_reloads_exactly_without_actnorm_reinit(flow_run, cifar_
                                                       datasets.num_classes))
   _, state, _ = ckpt.restore_latest()
   jax.tree.map(np.testing.assert_array_equal, state["params"], variables["params"])
+
+
+def test_results_name_the_code_they_ran_under(flow_run, tmp_path):
+  _, _, out = flow_run
+  assert out["versions"]["jaxflowaug"] == results.code_version(
+      os.path.dirname(os.path.dirname(os.path.abspath(results.__file__))))
+  assert results.code_version(str(tmp_path)) is None  # not a checkout: nothing to name
+  git = lambda *a: subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t",
+                                   "-c", "user.email=t@t", *a], check=True, capture_output=True)
+  (tmp_path / "f.py").write_text("a = 1\n")
+  git("init", "-q")
+  git("add", "f.py")
+  git("commit", "-qm", "c")
+  head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True,
+                        text=True, check=True).stdout.strip()
+  assert results.code_version(str(tmp_path)) == {"commit": head, "dirty": False}
+  (tmp_path / "f.py").write_text("a = 2\n")
+  assert results.code_version(str(tmp_path)) == {"commit": head, "dirty": True}
 
 
 def test_rerun_skips_finished_stage(flow_run):

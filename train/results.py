@@ -1,7 +1,9 @@
-"""`results.json`: a run's final metrics, its config, library versions and device count."""
+"""`results.json`: a run's final metrics, its config, the code and library versions it ran
+under, and the device count."""
 import json
 import os
 import platform
+import subprocess
 from typing import Any, Mapping, Optional
 
 import jax
@@ -11,13 +13,35 @@ from absl import logging
 RESULTS_FILE = "results.json"
 
 
+def code_version(root: str) -> Optional[dict]:
+  """{commit, dirty} of the git checkout at `root`, or None when it is not one (an installed
+  wheel) or git is absent. Two runs of one config under different code can differ in the last
+  digits (a changed convolution gradient changes the float rounding), so a result names its
+  code."""
+  try:
+    commit = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True,
+                            text=True, timeout=10)
+    status = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                            capture_output=True, text=True, timeout=10)
+  except (OSError, subprocess.TimeoutExpired):
+    return None
+  if commit.returncode or status.returncode:
+    return None
+  return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
+# Read once, when the process imports this module: a sweep that runs for hours keeps the code it
+# imported, whatever the checkout holds later.
+_CODE = code_version(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
 def _versions() -> dict:
   import flax
   import optax
   import orbax.checkpoint
   return {"python": platform.python_version(), "jax": jax.__version__,
           "flax": flax.__version__, "optax": optax.__version__,
-          "orbax": orbax.checkpoint.__version__}
+          "orbax": orbax.checkpoint.__version__, "jaxflowaug": _CODE}
 
 
 def write_json_atomic(path: str, payload: Any) -> None:
