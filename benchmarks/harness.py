@@ -15,6 +15,7 @@ nominal arithmetic). Element-wise work is not counted. XLA's number is kept besi
 """
 import dataclasses
 import math
+import os
 import time
 from typing import Any, Callable, Optional
 
@@ -123,6 +124,51 @@ def _jaxpr_flops(jaxpr) -> float:
 def jaxpr_flops(fn: Callable, *args) -> float:
   """Matmul and convolution FLOPs of one call of `fn(*args)`, loops times their trip counts."""
   return _jaxpr_flops(jax.make_jaxpr(fn)(*args))
+
+
+def _cpu_busy_seconds() -> Optional[float]:
+  """CPU seconds all processes (and the hypervisor's steal) have used since boot, summed over
+  the CPUs (the first line of /proc/stat); None where there is no /proc/stat."""
+  try:
+    with open("/proc/stat") as f:
+      fields = [int(v) for v in f.readline().split()[1:9]]
+  except (OSError, ValueError):
+    return None
+  user, nice, system, _, _, irq, softirq, steal = fields  # idle and iowait are not busy
+  return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class OtherLoad:
+  """What other processes did to the CPUs while a `with` block ran:
+
+    other_seconds = (CPU-seconds every process used) - (CPU-seconds this process used)
+    fraction = other_seconds / (wall seconds * CPUs)
+
+  A busy machine slows every timing, and PyTorch's the most: each of its many short OpenMP
+  regions waits for a thread on a core that another process holds (on the 2-vCPU machine a
+  2-thread `relu` of 1M floats took 8 ms beside a niced job and 0.45 ms on 1 thread), so a
+  section with a large `fraction` is flagged in BENCHMARKS.md. Both are None without
+  /proc/stat."""
+
+  other_seconds: Optional[float] = None
+  fraction: Optional[float] = None
+
+  def __enter__(self):
+    self._start = (_cpu_busy_seconds(), _own_cpu_seconds(), time.perf_counter())
+    return self
+
+  def __exit__(self, *exc_info):
+    busy0, own0, t0 = self._start
+    busy, own, wall = _cpu_busy_seconds(), _own_cpu_seconds(), time.perf_counter() - t0
+    if busy is not None and busy0 is not None:
+      self.other_seconds = max(0.0, (busy - busy0) - (own - own0))
+      self.fraction = self.other_seconds / max(wall * (os.cpu_count() or 1), 1e-9)
+    return False
+
+
+def _own_cpu_seconds() -> float:
+  t = os.times()
+  return t.user + t.system
 
 
 def matmul_peak(n: int = 2048, dtype=jnp.float32, repeats: int = 5) -> float:

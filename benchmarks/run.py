@@ -27,6 +27,7 @@ from train.stages import classifier
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECTIONS = ("flow", "classifier", "augment", "depth", "data", "conv", "torch")
+BUSY = 0.1  # a section during which other processes used more of the CPUs is flagged
 STEP_COLUMNS = [("what", "name", None), ("img/s", "img_per_s", "{:.2f}"),
                 ("GFLOP/call", "gflop_per_call", "{:.2f}"), ("GFLOP/s", "gflop_per_s", "{:.1f}"),
                 ("of matmul peak", "fraction_of_matmul_peak", "{:.0%}"),
@@ -148,6 +149,14 @@ def render(results: dict) -> str:
             f"are of the best)" if len(results.get("matmul_flops_samples", [])) > 1 else "")
          + (f"; bfloat16: {results['matmul_bf16_flops'] / 1e12:.1f} TFLOP/s"
             if results.get("matmul_bf16_flops") else "") + ".", ""]
+  busy = {name: l["fraction"] for name, l in results.get("load", {}).items()
+          if l.get("fraction") is not None and l["fraction"] > BUSY}
+  if busy:
+    out += ["**Busy machine**: other processes used " + ", ".join(
+        f"{100 * f:.0f}% of the CPUs during the {name} section" for name, f in busy.items())
+            + " (`harness.OtherLoad`). Those sections' timings are not trustworthy, PyTorch's "
+            "least of all (its OpenMP threads wait for a core held by another process); rerun "
+            "them on a quiet machine.", ""]
   titles = {"flow": "Flows", "classifier": "Classifier train steps",
             "augment": "Train steps with each perturbation"}
   for key in ("flow", "classifier", "augment"):
@@ -247,26 +256,35 @@ def main(argv=None):
   started = machine()
   samples = [harness.matmul_peak()]
   print(f"matmul float32: {samples[0] / 1e9:.1f} GFLOP/s", flush=True)
-  measured = {}
+  measured, load = {}, {}
+
+  def section(name, fn):  # runs one section, recording what other processes did meanwhile
+    with harness.OtherLoad() as other:
+      out = fn()
+    load[name] = {"other_cpu_s": other.other_seconds, "fraction": other.fraction}
+    return out
+
   if "flow" in sections:
-    measured["flow"] = flow.run(accelerator)
+    measured["flow"] = section("flow", lambda: flow.run(accelerator))
   if "classifier" in sections:
     samples.append(harness.matmul_peak())
-    measured["classifier"] = classifier_steps(accelerator)
+    measured["classifier"] = section("classifier", lambda: classifier_steps(accelerator))
   if "augment" in sections:
     samples.append(harness.matmul_peak())
-    measured["augment"] = augment.run(accelerator, only_reduced=args.reduced_only)
+    measured["augment"] = section("augment", lambda: augment.run(
+        accelerator, only_reduced=args.reduced_only))
     results["augment_ratios"] = augment.ratios(measured["augment"])
   if "depth" in sections:
-    results["depth"] = flow.compile_vs_depth()
+    results["depth"] = section("depth", flow.compile_vs_depth)
   if "conv" in sections:
-    results["conv"] = flow.conv_before_after()
+    results["conv"] = section("conv", flow.conv_before_after)
   if "data" in sections:
     from benchmarks import data as data_bench
-    results["data"] = data_bench.run()
+    results["data"] = section("data", data_bench.run)
   if "torch" in sections:
     samples.append(harness.matmul_peak())
-    results["torch"] = torch_reference()
+    results["torch"] = section("torch", torch_reference)
+  results["load"] = dict(results.get("load", {}), **load)
   samples.append(harness.matmul_peak())
   peak = max(samples)
   results.update(machine=started, matmul_flops=peak, matmul_flops_samples=samples)

@@ -1,6 +1,8 @@
 """The benchmarks' FLOP counter (loops times their trip counts, nominal conv arithmetic) and
 the PyTorch reference section (optional: skipped without torch)."""
+import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +31,25 @@ def test_conv_gradient_counts_nominal_flops():
   nominal = 3 * 2 * (2 * 8 * 8 * 2) * 9 * 40
   assert harness.jaxpr_flops(jax.grad(loss(conv.conv_general_dilated), (0, 1)), x, k) == nominal
   assert harness.jaxpr_flops(jax.grad(loss(lax.conv_general_dilated), (0, 1)), x, k) == nominal
+
+
+def test_other_load_counts_another_process_and_flags_the_section():
+  """A process spinning one core for 1.5 s while this one sleeps: >= 1 CPU-second of others'
+  load; BENCHMARKS.md flags a section above `run.BUSY` and not one below it."""
+  from benchmarks import run
+  with harness.OtherLoad() as load:
+    spinner = subprocess.Popen([sys.executable, "-c",
+                                "import time\nt = time.time()\nwhile time.time() - t < 1.5: pass"])
+    time.sleep(1.8)
+  spinner.wait()
+  if load.other_seconds is None:
+    pytest.skip("no /proc/stat here")
+  assert load.other_seconds >= 1.0 and load.fraction > 0.0
+  base = {"machine": run.machine(), "matmul_flops": 1e11}
+  busy = run.render(dict(base, load={"torch": {"other_cpu_s": 9.0, "fraction": 0.45}}))
+  assert "**Busy machine**" in busy and "45% of the CPUs during the torch section" in busy
+  quiet = run.render(dict(base, load={"torch": {"other_cpu_s": 0.1, "fraction": 0.01}}))
+  assert "Busy machine" not in quiet
 
 
 def test_torch_section_skips_cleanly_without_torch(monkeypatch):
