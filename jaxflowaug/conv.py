@@ -133,7 +133,10 @@ def choose_plan(k_shape: Sequence[int], strides: Sequence[int]) -> Plan:
     gradient stays "im2col" though lax's is 2x faster outside loops (3x3 64->64 on 32x32,
     batch 32: 74 vs 143 ms forward + input gradient), because inside a `fori_loop`, where
     A-LA and PGD differentiate the classifier, lax's is 2-3x slower (220 vs 100 ms per
-    iteration).
+    iteration). Those ResNet numbers were taken beside another job; on the quiet machine the
+    step runs 24.1 img/s with this plan, 24.3 with lax input gradients, 24.7 with an im2col
+    forward (equal within noise), 19.9 with "shifted" weight gradients and 12.0 all lax
+    (BENCHMARKS.md, issue 17).
   """
   kh, kw, c, o = k_shape
   if kh == kw == 1:
