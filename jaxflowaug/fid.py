@@ -12,6 +12,7 @@ requirements-fid.txt`), on CUDA when torch sees a GPU, else on the CPU.
 Classifier features are not comparable with published FIDs; callers report them under other
 names.
 """
+import hashlib
 import importlib.util
 import os
 from typing import Any
@@ -39,8 +40,12 @@ class InceptionFeatures:
     self._torch = torch
     package = os.path.dirname(importlib.util.find_spec(_PACKAGE).origin)
     self._device = "cuda" if torch.cuda.is_available() else "cpu"
-    self._net = torch.jit.load(os.path.join(package, _FILE), map_location=self._device).eval()
+    weights = os.path.join(package, _FILE)
+    self._net = torch.jit.load(weights, map_location=self._device).eval()
     self.batch_size = batch_size
+    with open(weights, "rb") as f:
+      # What the features depend on besides the images (a cache key): the weights' bytes.
+      self.weights_sha256 = hashlib.sha256(f.read()).hexdigest()
 
   def _resize(self, x):
     """(N, C, h, w) -> (N, C, 299, 299): an affine grid shifted so that the normalised output

@@ -241,6 +241,37 @@ def test_feature_extractor_classifier_path():
                          "kid_classifier_features_std"}
 
 
+def test_cached_features_compute_each_image_set_once(tmp_path):
+  """Same images and tag: read back, not recomputed; other images, another tag or a garbled
+  file: recomputed; an unwritable directory only loses the cache."""
+  calls = []
+
+  def features(images):
+    calls.append(len(images))
+    return images.reshape(len(images), -1).astype(np.float64) * 2.0
+
+  images = np.random.default_rng(0).integers(0, 256, (5, 4, 4, 1)).astype(np.uint8)
+  cache = str(tmp_path / "cache")
+  first = evaluate.cached_features(features, images, cache, "w1")
+  again = evaluate.cached_features(features, images, cache, "w1")
+  np.testing.assert_array_equal(first, again)
+  np.testing.assert_array_equal(first, features(images))
+  assert calls == [5, 5]  # the second call read the file (the third count is the check above)
+  other = images.copy()
+  other[0, 0, 0, 0] ^= 1
+  evaluate.cached_features(features, other, cache, "w1")
+  evaluate.cached_features(features, images, cache, "w2")
+  assert calls == [5, 5, 5, 5]
+  for path in (tmp_path / "cache").iterdir():
+    path.write_bytes(b"garbled")
+  np.testing.assert_array_equal(evaluate.cached_features(features, images, cache, "w1"), first)
+  assert calls == [5, 5, 5, 5, 5]
+  blocked = tmp_path / "file"
+  blocked.write_text("")
+  np.testing.assert_array_equal(
+      evaluate.cached_features(features, images, str(blocked / "sub"), "w1"), first)
+
+
 @pytest.mark.skipif(not fid.inception_available(),
                     reason="optional: pip install -r requirements-fid.txt")
 def test_inception_features():

