@@ -40,7 +40,6 @@ import numpy as np
 from absl import logging
 
 from jaxflowaug import data, fid, metrics, parallel
-from jaxflowaug.data import store
 from train import attack, figures, frozen, input_pipeline, labels, models, results
 
 NAME = "evaluate"
@@ -174,7 +173,7 @@ def feature_extractor(config: ml_collections.ConfigDict, model, state, mesh, bat
   if kind == "inception":
     inception = fid.InceptionFeatures()
     chunk = 10 * inception.batch_size
-    cache_dir = (pathlib.Path(config.data.data_dir or store.DEFAULT_DATA_DIR).expanduser()
+    cache_dir = (pathlib.Path(config.data.data_dir or data.DEFAULT_DATA_DIR).expanduser()
                  / "inception_features")
 
     def features(images: np.ndarray) -> np.ndarray:
