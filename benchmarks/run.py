@@ -22,6 +22,7 @@ import numpy as np
 
 from benchmarks import augment, flow, harness, torch_ref
 from configs import cifar10_adv, cifar10_standard, fmnist_standard
+from jaxflowaug import conv, onednn
 from train import frozen, models
 from train.stages import classifier
 
@@ -82,52 +83,74 @@ def _jax_glow_seconds(batch_size: int) -> tuple:
   return fwd.seconds, inv.seconds
 
 
+def _ours_backends() -> list:
+  """The CPU convolution backends ours is measured with: the default plans, and oneDNN's
+  kernels when the extension builds here (`jaxflowaug.onednn`)."""
+  return ["plans"] + (["onednn"] if onednn.available() else [])
+
+
+def _with_backend(backend, fn, *args):
+  """fn(*args) traced and run with `conv.set_cpu_backend(backend)`, the default restored after."""
+  saved = conv.cpu_backend()
+  conv.set_cpu_backend(backend)
+  try:
+    return fn(*args)
+  finally:
+    conv.set_cpu_backend(saved)
+
+
 def torch_reference(batch_size: int = 128, rounds: int = 1, glow_batch: int = 8,
                     ala_batch: int = 8) -> dict:
   """Against PyTorch (`benchmarks/torch_ref.py`) on as many threads as this process may use:
-  the ResNet-18 train step at `batch_size` (torch NCHW and channels-last, measured in
-  alternation for `rounds` rounds, the best of each kept), the Glow 3x32x512 forward and
-  inverse at `glow_batch`, and the A-LA k=3 train step (`configs/cifar10_adv.py`, ours via
-  `augment.measure_setup`) at `ala_batch`: {"rows": [...]} with ours / torch, or
-  {"skipped": why} when torch is not importable. The torch Glow and A-LA step are timed once
-  after one warm-up (about 10 s and 15 s a call on the 2-vCPU machine)."""
+  the ResNet-18 train step at `batch_size` (torch NCHW and channels-last, ours with each of
+  `_ours_backends()`, measured in alternation for `rounds` rounds, the best of each kept), the
+  Glow 3x32x512 forward and inverse at `glow_batch`, and the A-LA k=3 train step
+  (`configs/cifar10_adv.py`, ours via `augment.measure_setup`) at `ala_batch`: {"rows": [...]}
+  with ours / torch per backend, or {"skipped": why} when torch is not importable. The torch
+  Glow and A-LA step are timed once after one warm-up (about 10 s and 15 s a call on the
+  2-vCPU machine)."""
   if not torch_ref.available():
     return {"skipped": "torch is not importable (optional: `pip install -r requirements-fid.txt`)"}
   threads = len(os.sched_getaffinity(0))
-  best = {"ours": float("inf"), "torch NCHW": float("inf"), "torch channels-last": float("inf")}
+  backends = _ours_backends()
+  best = {name: float("inf") for name in backends + ["torch NCHW", "torch channels-last"]}
   for _ in range(rounds):
-    ours = classifier_step("ResNet-18 train step", cifar10_standard.get_config(), (32, 32, 3),
-                           batch_size)
-    best["ours"] = min(best["ours"], ours.seconds)
+    for backend in backends:
+      ours = _with_backend(backend, classifier_step, "ResNet-18 train step",
+                           cifar10_standard.get_config(), (32, 32, 3), batch_size)
+      best[backend] = min(best[backend], ours.seconds)
     for layout, last in (("torch NCHW", False), ("torch channels-last", True)):
       best[layout] = min(best[layout], torch_ref.resnet18_step_seconds(
           batch_size, threads=threads, channels_last=last))
-  torch_best = min(best["torch NCHW"], best["torch channels-last"])
-  rows = [{"name": f"ResNet-18 train step, batch {batch_size}",
-           "ours_img_per_s": batch_size / best["ours"],
-           "torch_nchw_img_per_s": batch_size / best["torch NCHW"],
-           "torch_channels_last_img_per_s": batch_size / best["torch channels-last"],
-           "ratio": torch_best / best["ours"]}]
-  ours_fwd, ours_inv = _jax_glow_seconds(glow_batch)
+
+  def row(name, ours_seconds, items, torch_nchw, torch_last=None):
+    torch_best = min(torch_nchw, torch_last or float("inf"))
+    out = {"name": name, "torch_nchw_img_per_s": items / torch_nchw}
+    if torch_last:
+      out["torch_channels_last_img_per_s"] = items / torch_last
+    for backend, seconds in ours_seconds.items():
+      suffix = "" if backend == "plans" else f"_{backend}"
+      out[f"ours{suffix}_img_per_s"] = items / seconds
+      out[f"ratio{suffix}"] = torch_best / seconds
+    return out
+
+  rows = [row(f"ResNet-18 train step, batch {batch_size}", {b: best[b] for b in backends},
+              batch_size, best["torch NCHW"], best["torch channels-last"])]
+  glow = {b: _with_backend(b, _jax_glow_seconds, glow_batch) for b in backends}
   torch_fwd, torch_inv = torch_ref.glow_seconds(glow_batch, threads=threads, repeats=1)
-  for what, ours_s, torch_s in (("forward", ours_fwd, torch_fwd),
-                                ("inverse", ours_inv, torch_inv)):
-    rows.append({"name": f"Glow 3x32x512 {what}, batch {glow_batch}",
-                 "ours_img_per_s": glow_batch / ours_s,
-                 "torch_nchw_img_per_s": glow_batch / torch_s, "ratio": torch_s / ours_s})
+  for i, (what, torch_s) in enumerate((("forward", torch_fwd), ("inverse", torch_inv))):
+    rows.append(row(f"Glow 3x32x512 {what}, batch {glow_batch}",
+                    {b: glow[b][i] for b in backends}, glow_batch, torch_s))
   config = cifar10_adv.get_config()
-  ours_ala = augment.measure_setup(
-      "CIFAR-10 Glow 3x32x512 + ResNet-18", config, (32, 32, 3), ala_batch,
-      (("A-LA", {"method": "ala"}),))[0]
+  ours_ala = {b: _with_backend(b, augment.measure_setup, "CIFAR-10 Glow 3x32x512 + ResNet-18",
+                               config, (32, 32, 3), ala_batch,
+                               (("A-LA", {"method": "ala"}),))[0].seconds for b in backends}
   torch_ala = torch_ref.ala_step_seconds(
       ala_batch, threads=threads, repeats=1, steps=config.perturb.steps, eps=config.perturb.eps,
       step_size=config.perturb.step_size)
-  rows.append({"name": f"A-LA k {config.perturb.steps} train step (Glow 3x32x512 + "
-                       f"ResNet-18), batch {ala_batch}",
-               "ours_img_per_s": ala_batch / ours_ala.seconds,
-               "torch_nchw_img_per_s": ala_batch / torch_ala,
-               "ratio": torch_ala / ours_ala.seconds})
-  return {"threads": threads, "torch": torch_ref.version(), "rows": rows}
+  rows.append(row(f"A-LA k {config.perturb.steps} train step (Glow 3x32x512 + ResNet-18), "
+                  f"batch {ala_batch}", ours_ala, ala_batch, torch_ala))
+  return {"threads": threads, "torch": torch_ref.version(), "backends": backends, "rows": rows}
 
 
 def machine() -> dict:
@@ -192,12 +215,15 @@ def render(results: dict) -> str:
               "same CIFAR ResNet-18 and SGD step, Glow and A-LA step (`benchmarks/torch_ref.py`); "
               "ours / torch is against torch's faster layout (ResNet target >= 1.0, A-LA "
               ">= 2.0); the Glow and A-LA rows are NCHW only (their channels-last cell is "
-              "empty).", "",
+              "empty). \"ours\" runs the default CPU convolutions (`conv` plans); \"ours, "
+              "oneDNN\" `JAXFLOWAUG_CPU_CONV=onednn` (`jaxflowaug/onednn.py`), when it builds.", "",
               harness.markdown_table(t["rows"], [
                   ("step", "name", None), ("ours img/s", "ours_img_per_s", "{:.2f}"),
+                  ("ours, oneDNN img/s", "ours_onednn_img_per_s", "{:.2f}"),
                   ("torch NCHW img/s", "torch_nchw_img_per_s", "{:.2f}"),
                   ("torch channels-last img/s", "torch_channels_last_img_per_s", "{:.2f}"),
-                  ("ours / torch", "ratio", "{:.2f}")]), ""]
+                  ("ours / torch", "ratio", "{:.2f}"),
+                  ("ours, oneDNN / torch", "ratio_onednn", "{:.2f}")]), ""]
   if results.get("data"):
     d = results["data"]
     out += ["### Input pipeline (CIFAR-10 tar, batch 128)", "",

@@ -105,21 +105,27 @@ def test_other_platforms_lower_to_plain_lax():
 
 
 def test_switch_off_gives_plain_lax_on_cpu_too():
-  """`enable_plans(False)`: the staged program is lax's own (convolutions in every product),
+  """`set_cpu_backend("lax")`: the staged program is lax's own (convolutions in every product),
   with the same values; switching back restores the plans."""
   x, kernel = _inputs(k=3)
   grad = lambda a, b: jax.grad(lambda a, b: jnp.sum(conv.conv_general_dilated(
       a, b, (1, 1), "SAME", dimension_numbers=DN) ** 2), (0, 1))(a, b)
   planned = grad(x, kernel)
-  conv.enable_plans(False)
+  conv.set_cpu_backend("lax")
   try:
     assert conv.cpu_plan(x, kernel, (1, 1), "SAME", dimension_numbers=DN) is None
     text = jax.jit(grad).trace(x, kernel).lower().as_text()
     assert text.count("stablehlo.convolution") == 3 and "custom_jvp" not in text
     chex.assert_trees_all_close(grad(x, kernel), planned, rtol=1e-4, atol=1e-4)
   finally:
-    conv.enable_plans(True)
+    conv.set_cpu_backend("plans")
   assert conv.cpu_plan(x, kernel, (1, 1), "SAME", dimension_numbers=DN) is not None
+
+
+def test_unknown_cpu_backend_is_refused_naming_the_choices():
+  with pytest.raises(ValueError, match="one of .*onednn"):
+    conv.set_cpu_backend("mkldnn")
+  assert conv.cpu_backend() == "plans"
 
 
 @pytest.mark.parametrize("c", [3, 40])  # 40: the plan rebuilds the patches (rebuild_patches)

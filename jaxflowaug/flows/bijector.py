@@ -17,6 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxflowaug.conv import SAVEABLE
+
 
 def sum_except_batch(x):
   """Sums (B, ...) -> (B,) over every axis but the first."""
@@ -77,7 +79,9 @@ def check_int(name, value, minimum):
 # What the backward pass of a scanned step keeps from its forward pass (`scan_layers`' remat).
 REMAT = {
     'none': None,                                    # every intermediate
-    'dots': jax.checkpoint_policies.dots_saveable,  # matmul/conv outputs; element-wise redone
+    'dots': jax.checkpoint_policies.save_from_both_policies(  # matmul/conv outputs (also
+        jax.checkpoint_policies.dots_saveable,                  # oneDNN's, by name); element-
+        jax.checkpoint_policies.save_only_these_names(SAVEABLE)),  # wise work redone
     'full': jax.checkpoint_policies.nothing_saveable,  # only the step's input; one more forward
 }
 
