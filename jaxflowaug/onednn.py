@@ -28,6 +28,10 @@ against jaxlib's FFI headers and the oneDNN of the pip packages `onednn-cpu-gomp
 jaxlib's and oneDNN's versions), in about 20 s once. `available()` says whether that worked and
 `unavailable_reason()` why not; `conv` raises a RuntimeError naming the fix.
 
+Devices. XLA has no partitioning rule for these FFI calls, so under `jit` with operands sharded
+over several CPU devices it replicates them (each device convolves the whole batch); the
+backend is meant for one CPU device, the case it was written for.
+
 Threads. oneDNN here runs on GNU OpenMP, one team per call, with as many threads as cores.
 Calls are serialised (one mutex) so that XLA running two thunks at once does not oversubscribe
 the cores, and OMP_WAIT_POLICY defaults to PASSIVE (set before the library loads, if the user
