@@ -25,7 +25,7 @@ Build. The C++ file is compiled on first use with the system C++ compiler (`CXX`
 against jaxlib's FFI headers and the oneDNN of the pip packages `onednn-cpu-gomp` (library) and
 `onednn-devel-cpu-gomp` (headers), pinned in requirements.txt, into
 `~/.cache/jaxflowaug/onednn/<hash>.so` (XDG_CACHE_HOME respected; the hash covers the source,
-jaxlib's and oneDNN's versions), in about 20 s once. `available()` says whether that worked and
+jax's and oneDNN's versions), in about 10 s once. `available()` says whether that worked and
 `unavailable_reason()` why not; `conv` raises a RuntimeError naming the fix.
 
 Devices. XLA has no partitioning rule for these FFI calls, so under `jit` with operands sharded
