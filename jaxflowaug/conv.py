@@ -55,7 +55,7 @@ Switch. `set_cpu_backend(name)` (initially the environment variable JAXFLOWAUG_C
   and for a jax whose XLA:CPU no longer needs the plans;
 * ``"onednn"``: float32 convolutions through oneDNN's kernels (`jaxflowaug.onednn`, an XLA FFI
   extension built on first use), 1.5-2.6x faster per convolution and ResNet-18's train step
-  ~1.35x faster on the 2-core EPYC (BENCHMARKS.md); reverse mode only (grad of any order, not
+  1.35-2x faster on the 2-core EPYC (BENCHMARKS.md); reverse mode only (grad of any order, not
   `jax.jvp`/`jacfwd`), which is why it is not the default. Other dtypes keep the plans.
 
 It is read when a function is traced, so set it before jitting.
