@@ -90,13 +90,9 @@ def _ours_backends() -> list:
 
 
 def _with_backend(backend, fn, *args):
-  """fn(*args) traced and run with `conv.set_cpu_backend(backend)`, the default restored after."""
-  saved = conv.cpu_backend()
-  conv.set_cpu_backend(backend)
-  try:
+  """fn(*args) traced and run with the CPU convolution backend `backend`."""
+  with conv.using_cpu_backend(backend):
     return fn(*args)
-  finally:
-    conv.set_cpu_backend(saved)
 
 
 def torch_reference(batch_size: int = 128, rounds: int = 1, glow_batch: int = 8,

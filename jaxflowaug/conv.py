@@ -67,6 +67,7 @@ conditional, so GPU/TPU run plain lax. Arguments outside the supported set (not 
 NHWC/HWIO, dilation, groups, negative padding, non-float dtypes, `out_sharding`) are
 plain `lax.conv_general_dilated` everywhere.
 """
+import contextlib
 import dataclasses
 import functools
 import os
@@ -106,6 +107,18 @@ def set_cpu_backend(name: str) -> None:
 def cpu_backend() -> str:
   """The CPU convolution backend now in force."""
   return _SWITCH["cpu"]
+
+
+@contextlib.contextmanager
+def using_cpu_backend(name: str):
+  """`set_cpu_backend(name)` for the functions traced inside the block; the backend in force
+  before is restored on leaving it."""
+  saved = cpu_backend()
+  set_cpu_backend(name)
+  try:
+    yield
+  finally:
+    set_cpu_backend(saved)
 
 
 set_cpu_backend(os.environ.get("JAXFLOWAUG_CPU_CONV", "plans"))

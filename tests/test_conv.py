@@ -111,14 +111,11 @@ def test_switch_off_gives_plain_lax_on_cpu_too():
   grad = lambda a, b: jax.grad(lambda a, b: jnp.sum(conv.conv_general_dilated(
       a, b, (1, 1), "SAME", dimension_numbers=DN) ** 2), (0, 1))(a, b)
   planned = grad(x, kernel)
-  conv.set_cpu_backend("lax")
-  try:
+  with conv.using_cpu_backend("lax"):
     assert conv.cpu_plan(x, kernel, (1, 1), "SAME", dimension_numbers=DN) is None
     text = jax.jit(grad).trace(x, kernel).lower().as_text()
     assert text.count("stablehlo.convolution") == 3 and "custom_jvp" not in text
     chex.assert_trees_all_close(grad(x, kernel), planned, rtol=1e-4, atol=1e-4)
-  finally:
-    conv.set_cpu_backend("plans")
   assert conv.cpu_plan(x, kernel, (1, 1), "SAME", dimension_numbers=DN) is not None
 
 

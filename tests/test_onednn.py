@@ -91,13 +91,10 @@ def test_cpu_backend_onednn_in_a_resnet():
 
   step = lambda: jax.jit(jax.value_and_grad(loss))  # noqa: E731  (traced under each backend)
   reference = step()(variables["params"])
-  conv.set_cpu_backend("onednn")
-  try:
+  with conv.using_cpu_backend("onednn"):
     fn = step()
     text = fn.trace(variables["params"]).lower().as_text()
     ours = fn(variables["params"])
-  finally:
-    conv.set_cpu_backend("plans")
   assert text.count("jaxflowaug_onednn_forward") == 6  # stem, 2 blocks x 2, one projection
   assert "stablehlo.convolution" not in text
   chex.assert_trees_all_close(ours, reference, rtol=1e-4, atol=1e-5)
