@@ -84,8 +84,8 @@ def _jax_glow_seconds(batch_size: int) -> tuple:
 
 
 def _ours_backends() -> list:
-  """The CPU convolution backends ours is measured with: the default plans, and oneDNN's
-  kernels when the extension builds here (`jaxflowaug.onednn`)."""
+  """The CPU convolution backends ours is measured with: the default plans (XLA's kernels),
+  and oneDNN's when the extension builds here (`jaxflowaug.onednn`)."""
   return ["plans"] + (["onednn"] if onednn.available() else [])
 
 
@@ -152,6 +152,7 @@ def torch_reference(batch_size: int = 128, rounds: int = 1, glow_batch: int = 8,
 def machine() -> dict:
   device = jax.devices()[0]
   return {"platform": jax.default_backend(), "device": getattr(device, "device_kind", str(device)),
+          "cpu_conv": conv.cpu_backend() if jax.default_backend() == "cpu" else None,
           "device_count": jax.device_count(), "cpu_count": os.cpu_count(),
           "processor": platform.processor() or platform.machine(), "jax": jax.__version__,
           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
@@ -161,7 +162,9 @@ def render(results: dict) -> str:
   """The markdown section of one platform."""
   m, peak = results["machine"], results["matmul_flops"]
   out = [f"## {m['platform']}: {m['device']} x{m['device_count']} ({m['date']}, jax {m['jax']}, "
-         f"{m['cpu_count']} CPU cores)", "",
+         f"{m['cpu_count']} CPU cores)", ""] + (
+             [f"CPU convolutions: {m['cpu_conv']} (`JAXFLOWAUG_CPU_CONV`) in every section, "
+              "except where a table names the backend.", ""] if m.get("cpu_conv") else []) + [
          f"Measured float32 matmul (2048^3): **{peak / 1e9:.1f} GFLOP/s**"
          + (f" (the best of {len(results['matmul_flops_samples'])} measurements spread over the "
             f"run, the lowest {min(results['matmul_flops_samples']) / 1e9:.1f}: fractions below "
@@ -211,8 +214,9 @@ def render(results: dict) -> str:
               "same CIFAR ResNet-18 and SGD step, Glow and A-LA step (`benchmarks/torch_ref.py`); "
               "ours / torch is against torch's faster layout (ResNet target >= 1.0, A-LA "
               ">= 2.0); the Glow and A-LA rows are NCHW only (their channels-last cell is "
-              "empty). \"ours\" runs the default CPU convolutions (`conv` plans); \"ours, "
-              "oneDNN\" `JAXFLOWAUG_CPU_CONV=onednn` (`jaxflowaug/onednn.py`), when it builds.", "",
+              "empty). \"ours\" runs the default CPU convolutions (`conv` plans, XLA's kernels); "
+              "\"ours, oneDNN\" the experimental `JAXFLOWAUG_CPU_CONV=onednn` "
+              "(`jaxflowaug/onednn.py`), when it builds.", "",
               harness.markdown_table(t["rows"], [
                   ("step", "name", None), ("ours img/s", "ours_img_per_s", "{:.2f}"),
                   ("ours, oneDNN img/s", "ours_onednn_img_per_s", "{:.2f}"),

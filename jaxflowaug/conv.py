@@ -28,9 +28,11 @@ position) the convolution is y = sum_ij T_ij @ k[i, j], which can be written as
 * ``"col2im"``: one matmul U = x @ k, contracting C, to (N, H, W, KH, KW, O), then
   y = sum_ij S_ij(U[..., i, j, :]) with S_ij moving tap (i, j) into the output frame
   (y_ij[n, a, b] = U[n, a*sh + i - ph_lo, b*sw + j - pw_lo, i, j], zero outside x): im2col
-  gathers before the matmul, col2im after it; cheap when KH*KW*O is small.
+  gathers before the matmul, col2im after it; cheap when KH*KW*O is small;
+* ``"onednn"``: oneDNN's convolution (`jaxflowaug.onednn`, float32 only), a bilinear JAX
+  primitive whose transposes are oneDNN's backward-data and backward-weights kernels.
 
-All three are linear in x and in k, so JAX's transposes of them are the gradients:
+All are linear in x and in k, so JAX's transposes of them are the gradients:
 for the weight, "lax" gives lax's backward-filter convolution, "im2col" dk = P^T @ dy,
 "shifted" dk[i, j] = T_ij^T @ dy, and "col2im" dk = x^T @ E with E the KH*KW copies
 E_ij = S_ij^T dy of the cotangent moved into x's frame (`lax.pad`, interior padding
@@ -48,15 +50,20 @@ runs under `jax.checkpoint` (nothing saved), and the backward pass keeps x and r
 it; "shifted" keeps the padded x, "col2im" x itself.
 
 Switch. `set_cpu_backend(name)` (initially the environment variable JAXFLOWAUG_CPU_CONV, else
-"plans") chooses what `conv_general_dilated` runs on CPU:
+"plans") chooses what `conv_general_dilated` runs on CPU (`train.main` logs it, `results.json`
+records it):
 
-* ``"plans"`` (the default): `planned_conv` with `choose_plan`, as below;
+* ``"plans"`` (the default): `choose_plan`'s forms, XLA's own kernels only;
+* ``"onednn"`` (experimental): float32 convolutions by `onednn_plan`: oneDNN's kernels
+  (PyTorch's, called through XLA's FFI, built on first use) for the forward and both gradients,
+  except the input gradient of a convolution with fewer than 8 input channels, which keeps the
+  plans' form. On the 2-core EPYC (BENCHMARKS.md): ResNet-18's train step 1.4-1.8x the plans'
+  speed, the reduced CIFAR-10 steps 1.5-3x. Not the default: with it as the default, the whole
+  test suite stalled in each of three runs, two threads of a oneDNN kernel spinning in its
+  barrier for minutes (issue 17). Other dtypes keep the plans. XLA cannot partition an FFI
+  call: over several CPU devices each would convolve the whole batch;
 * ``"lax"``: plain `lax.conv_general_dilated` on every platform, for comparison (benchmarks)
-  and for a jax whose XLA:CPU no longer needs the plans;
-* ``"onednn"``: float32 convolutions through oneDNN's kernels (`jaxflowaug.onednn`, an XLA FFI
-  extension built on first use), 1.5-2.6x faster per convolution and ResNet-18's train step
-  1.35-2x faster on the 2-core EPYC (BENCHMARKS.md); reverse mode only (grad of any order, not
-  `jax.jvp`/`jacfwd`), which is why it is not the default. Other dtypes keep the plans.
+  and for a jax whose XLA:CPU no longer needs the plans.
 
 It is read when a function is traced, so set it before jitting.
 
@@ -85,10 +92,15 @@ from jaxflowaug import onednn
 # Flax's dimension numbers for 2-D convolutions: NHWC input and output, HWIO kernel.
 _NHWC_HWIO = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
                                       out_spec=(0, 3, 1, 2))
-FORMS = ("lax", "im2col", "shifted", "col2im")
+FORMS = ("lax", "im2col", "shifted", "col2im", "onednn")
+# "onednn" computes an input gradient only for at least this many input channels: below it
+# oneDNN's backward-data kernel, which vectorises over them, trails the plans' im2col (4x4
+# stride 2, 1 -> 16 channels on 28x28, batch 100, in a loop: 2.8-6.2 vs 1.9-3.4 ms per forward
+# and input gradient; 6 -> 512 on 16x16: equal; 8 -> 16: 4.2 vs 6.2 ms; 12 -> 512: 5.5 vs 8.4).
+ONEDNN_MIN_INPUT_GRAD_CHANNELS = 8
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
-CPU_BACKENDS = ("plans", "lax", "onednn")
+CPU_BACKENDS = ("plans", "onednn", "lax")
 # The name (`jax.ad_checkpoint.checkpoint_name`) of the oneDNN backend's outputs: opaque FFI
 # calls, which remat's `dots_saveable` does not keep; policies that should keep convolution
 # outputs also save this name (`flows.bijector.REMAT`).
@@ -97,7 +109,7 @@ _SWITCH = {}
 
 
 def set_cpu_backend(name: str) -> None:
-  """What convolutions run on CPU: "plans", "lax" or "onednn" (see the module doc)."""
+  """What convolutions run on CPU: "plans", "onednn" or "lax" (see the module doc)."""
   if name not in CPU_BACKENDS:
     raise ValueError(f"CPU convolution backend must be one of {CPU_BACKENDS}, got {name!r} "
                      "(from set_cpu_backend or JAXFLOWAUG_CPU_CONV).")
@@ -188,6 +200,14 @@ def choose_plan(k_shape: Sequence[int], strides: Sequence[int]) -> Plan:
   return Plan("lax", "im2col", "im2col", rebuild_patches=c >= 32)
 
 
+def onednn_plan(k_shape: Sequence[int], strides: Sequence[int]) -> Plan:
+  """The "onednn" backend's plan: oneDNN's kernels for every product, except the input gradient
+  with fewer than `ONEDNN_MIN_INPUT_GRAD_CHANNELS` input channels (`choose_plan`'s form)."""
+  input_grad = ("onednn" if k_shape[2] >= ONEDNN_MIN_INPUT_GRAD_CHANNELS
+                else choose_plan(k_shape, strides).input_grad)
+  return Plan("onednn", input_grad, "onednn")
+
+
 def _taps(x, k_shape, strides, pads):
   """T_ij[n, a, b, c] = xp[n, a*sh + i, b*sw + j, c], a list in row-major (i, j) order."""
   kh, kw = k_shape[:2]
@@ -204,6 +224,8 @@ def conv_form(form, x, k, strides, pads, precision=None, preferred_element_type=
   """y = conv(x, k), NHWC (N, H, W, C) * HWIO (KH, KW, C, O) -> (N, OH, OW, O), by `form`."""
   if form == "col2im":
     return _col2im(x, k, strides, pads, precision, preferred_element_type)
+  if form == "onednn":
+    return onednn.conv(x, k, strides, pads)
   if form == "lax":
     return lax.conv_general_dilated(x, k, strides, pads, dimension_numbers=_NHWC_HWIO,
                                     precision=precision,
@@ -254,7 +276,14 @@ def planned_conv(x, k, strides: tuple[int, int], pads: Pads, plan: Plan, precisi
   platform; `plan` only changes speed (and residual memory). `pads` are explicit,
   non-negative ((ph_lo, ph_hi), (pw_lo, pw_hi)).
   """
-  return conv_form(plan.forward, x, k, strides, pads, precision, preferred_element_type)
+  return _primal(plan, x, k, strides, pads, precision, preferred_element_type)
+
+
+def _primal(plan, x, k, *args):
+  """conv_form(plan.forward, x, k, ...); a oneDNN output is named `SAVEABLE`, so that remat
+  policies that keep convolution outputs (dots_saveable sees only lax's) keep it too."""
+  y = conv_form(plan.forward, x, k, *args)
+  return checkpoint_name(y, SAVEABLE) if plan.forward == "onednn" else y
 
 
 def _planned_conv_jvp(strides, pads, plan, precision, preferred_element_type, primals,
@@ -276,7 +305,8 @@ def _planned_conv_jvp(strides, pads, plan, precision, preferred_element_type, pr
     if plan.rebuild_patches and plan.weight_grad == "im2col":
       weight_term = jax.checkpoint(weight_term, policy=jax.checkpoint_policies.nothing_saveable)
     terms.append(weight_term(x, dk))
-  return conv(plan.forward, x, k), sum(terms[1:], terms[0])
+  return (_primal(plan, x, k, strides, pads, precision, preferred_element_type),
+          sum(terms[1:], terms[0]))
 
 
 planned_conv.defjvp(_planned_conv_jvp, symbolic_zeros=True)
@@ -291,7 +321,7 @@ def cpu_plan(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=
   outside the supported set: not 2-D NHWC/HWIO, dilated, grouped, negatively padded,
   non-floating, or with an explicit `out_sharding`.
   """
-  if (_SWITCH["cpu"] == "lax" or lhs.ndim != 4 or rhs.ndim != 4 or feature_group_count != 1
+  if (cpu_backend() == "lax" or lhs.ndim != 4 or rhs.ndim != 4 or feature_group_count != 1
       or batch_group_count != 1
       or out_sharding is not None
       or any(d != 1 for d in tuple(lhs_dilation or ()) + tuple(rhs_dilation or ()))
@@ -330,13 +360,12 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   if spec is None:
     return lax_conv(lhs, rhs)
   strides, pads, plan = spec
-  if _SWITCH["cpu"] == "onednn" and lhs.dtype == rhs.dtype == jnp.float32 and (
+  if cpu_backend() == "onednn" and lhs.dtype == rhs.dtype == jnp.float32 and (
       preferred_element_type in (None, jnp.float32)):
-    cpu_conv = lambda x, k: checkpoint_name(onednn.conv(x, k, strides, pads), SAVEABLE)  # noqa: E731
-  else:
-    cpu_conv = functools.partial(planned_conv, strides=strides, pads=pads, plan=plan,
-                                 precision=precision,
-                                 preferred_element_type=preferred_element_type)
+    plan = onednn_plan(rhs.shape, strides)
+  cpu_conv = functools.partial(planned_conv, strides=strides, pads=pads, plan=plan,
+                               precision=precision,
+                               preferred_element_type=preferred_element_type)
   return lax.platform_dependent(lhs, rhs, cpu=cpu_conv, default=lax_conv)
 
 

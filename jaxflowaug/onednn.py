@@ -16,21 +16,25 @@ OH = (H + ph_lo + ph_hi - KH) // sh + 1. The map is bilinear, so with
 and conv_data, conv_weights are bilinear too, with
   * <h, conv_data(g, k)> = <conv(h, k), g>: d/dg = conv(h, k), d/dk = conv_weights(h, g);
   * <m, conv_weights(x, g)> = <conv(x, m), g>: d/dx = conv_data(g, m), d/dg = conv(x, m).
-Each of the three is a `jax.custom_vjp` whose backward pass uses the other two, so reverse mode
-of any order works (grad, grad of grad). Forward mode (`jax.jvp`, `jax.jacfwd`) does not: a
-`custom_vjp` has no JVP. That is why `jaxflowaug.conv` uses this only when asked
-(`conv.set_cpu_backend("onednn")` or JAXFLOWAUG_CPU_CONV=onednn), never by default.
+Each of the three is a JAX primitive (`conv_p`, `conv_data_p`, `conv_weights_p`) declared
+bilinear (`ad.defbilinear`) with those transposes, so forward mode (jvp, jacfwd), reverse mode
+of any order (grad, grad of grad) and their mixes (hessian) all work. vmap over the first
+operand alone (the input, or the cotangent of the data gradient) folds the batch into N, one
+call; any other batching (a batched kernel, per-example weight gradients) runs the lax
+reference, vmapped. The primitives lower to FFI calls on CPU and to
+`lax.conv_general_dilated` (and its transposes) on other platforms.
 
 Build. The C++ file is compiled on first use with the system C++ compiler (`CXX`, else `g++`)
 against jaxlib's FFI headers and the oneDNN of the pip packages `onednn-cpu-gomp` (library) and
 `onednn-devel-cpu-gomp` (headers), pinned in requirements.txt, into
 `~/.cache/jaxflowaug/onednn/<hash>.so` (XDG_CACHE_HOME respected; the hash covers the source,
-jax's and oneDNN's versions), in about 10 s once. `available()` says whether that worked and
-`unavailable_reason()` why not; `conv` raises a RuntimeError naming the fix.
+jax's and oneDNN's versions and oneDNN's directory), in about 10 s once. `available()` says
+whether that worked and `unavailable_reason()` why not; lowering for CPU without it raises a
+RuntimeError naming the fix.
 
 Devices. XLA has no partitioning rule for these FFI calls, so under `jit` with operands sharded
 over several CPU devices it replicates them (each device convolves the whole batch); the
-backend is meant for one CPU device, the case it was written for.
+backend is meant for one CPU device.
 
 Threads. oneDNN here runs on GNU OpenMP, one team per call, with as many threads as cores.
 Calls are serialised (one mutex) so that XLA running two thunks at once does not oversubscribe
@@ -49,11 +53,17 @@ import sys
 import tempfile
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax import lax
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
+from jax.core import ShapedArray
 
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_conv.cc")
 _TARGETS = {"forward": "OnednnConvForward", "data": "OnednnConvBackwardData",
             "weights": "OnednnConvBackwardWeights"}
+_NHWC_HWIO = ("NHWC", "HWIO", "NHWC")
 _STATE: dict = {}
 
 
@@ -86,7 +96,9 @@ def _build() -> str:
   compiler = os.environ.get("CXX") or shutil.which("g++")
   with open(_SOURCE, "rb") as f:
     source = f.read()
-  digest = hashlib.sha256(source + f"{jax.__version__} {version} {sys.platform}".encode())
+  # The library's directory too: it is the .so's rpath, and another environment's may vanish.
+  digest = hashlib.sha256(
+      source + f"{jax.__version__} {version} {sys.platform} {lib_dir}".encode())
   path = os.path.join(_cache_dir(), digest.hexdigest()[:16] + ".so")
   if os.path.exists(path):
     return path
@@ -135,16 +147,6 @@ def unavailable_reason() -> str | None:
   return _STATE.get("error")
 
 
-def _call(name, out_shape, a, b, strides, pads):
-  if not available():
-    raise RuntimeError(f"jaxflowaug.onednn is unavailable: {_STATE['error']}")
-  (ph_lo, ph_hi), (pw_lo, pw_hi) = pads
-  return jax.ffi.ffi_call(f"jaxflowaug_onednn_{name}",
-                          jax.ShapeDtypeStruct(out_shape, np.float32))(
-      a, b, ph_lo=np.int64(ph_lo), ph_hi=np.int64(ph_hi), pw_lo=np.int64(pw_lo),
-      pw_hi=np.int64(pw_hi), sh=np.int64(strides[0]), sw=np.int64(strides[1]))
-
-
 def output_shape(x_shape, k_shape, strides, pads) -> tuple[int, int, int, int]:
   """(N, OH, OW, O) of conv(x, k)."""
   n, h, w, _ = x_shape
@@ -153,55 +155,122 @@ def output_shape(x_shape, k_shape, strides, pads) -> tuple[int, int, int, int]:
           (w + pw_lo + pw_hi - k_shape[1]) // strides[1] + 1, k_shape[3])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+# The three products as JAX primitives. Parameters (hashable, static): strides (sh, sw), pads
+# ((ph_lo, ph_hi), (pw_lo, pw_hi)), and for the data gradient the input's (H, W) `in_hw`, for
+# the weight gradient the kernel's (KH, KW) `window`, which the operands do not determine.
+conv_p = Primitive("jaxflowaug_onednn_conv")                 # (x, k) -> y
+conv_data_p = Primitive("jaxflowaug_onednn_conv_data")       # (g, k) -> dx
+conv_weights_p = Primitive("jaxflowaug_onednn_conv_weights")  # (x, g) -> dk
+
+
+def _shape(prim, a_shape, b_shape, strides, pads, in_hw=None, window=None):
+  if prim is conv_p:
+    return output_shape(a_shape, b_shape, strides, pads)
+  if prim is conv_data_p:
+    return (a_shape[0], *in_hw, b_shape[2])
+  return (*window, a_shape[3], b_shape[3])
+
+
+def _abstract_eval(prim, a, b, **params):
+  if a.dtype != np.float32 or b.dtype != np.float32 or a.ndim != 4 or b.ndim != 4:
+    raise TypeError(f"{prim.name} takes 4-D float32 operands, got {a.str_short()} and "
+                    f"{b.str_short()}")
+  return ShapedArray(_shape(prim, a.shape, b.shape, **params), np.float32)
+
+
+def _lax_conv(x, k, strides, pads):
+  return lax.conv_general_dilated(x, k, strides, pads, dimension_numbers=_NHWC_HWIO)
+
+
+def _reference(prim, a, b, strides, pads, in_hw=None, window=None):
+  """The product in lax (`lax.conv_general_dilated` and its transposes): the lowering off CPU
+  and under `vmap` where the batch cannot be folded into N."""
+  if prim is conv_p:
+    return _lax_conv(a, b, strides, pads)
+  if prim is conv_data_p:  # the transpose of x -> conv(x, k) applied to g
+    x = jax.ShapeDtypeStruct((a.shape[0], *in_hw, b.shape[2]), a.dtype)
+    return jax.linear_transpose(lambda x: _lax_conv(x, b, strides, pads), x)(a)[0]
+  k = jax.ShapeDtypeStruct((*window, a.shape[3], b.shape[3]), a.dtype)
+  return jax.linear_transpose(lambda k: _lax_conv(a, k, strides, pads), k)(b)[0]
+
+
+def _ffi(prim, a, b, strides, pads, in_hw=None, window=None):
+  """The product through the extension's FFI handler (CPU)."""
+  if not available():
+    raise RuntimeError(f"jaxflowaug.onednn is unavailable: {_STATE['error']}")
+  (ph_lo, ph_hi), (pw_lo, pw_hi) = pads
+  out = _shape(prim, a.shape, b.shape, strides, pads, in_hw, window)
+  return jax.ffi.ffi_call(_FFI_TARGETS[prim], jax.ShapeDtypeStruct(out, np.float32))(
+      a, b, ph_lo=np.int64(ph_lo), ph_hi=np.int64(ph_hi), pw_lo=np.int64(pw_lo),
+      pw_hi=np.int64(pw_hi), sh=np.int64(strides[0]), sw=np.int64(strides[1]))
+
+
+def _batch(prim, args, dims, **params):
+  """vmap: a batch over the first operand alone (x, or the cotangent g of the data gradient)
+  folds into N, one call; anything else (a batched kernel, per-example weight gradients) is
+  the lax reference, vmapped."""
+  (a, b), (da, db) = args, dims
+  if db is None and prim is not conv_weights_p:
+    a = jnp.moveaxis(a, da, 0)
+    out = prim.bind(a.reshape(-1, *a.shape[2:]), b, **params)
+    return out.reshape(a.shape[0], -1, *out.shape[1:]), 0
+  return jax.vmap(functools.partial(_reference, prim, **params), in_axes=(da, db))(a, b), 0
+
+
+_FFI_TARGETS = {conv_p: "jaxflowaug_onednn_forward", conv_data_p: "jaxflowaug_onednn_data",
+                conv_weights_p: "jaxflowaug_onednn_weights"}
+for _prim in _FFI_TARGETS:
+  _prim.def_abstract_eval(functools.partial(_abstract_eval, _prim))
+  _prim.def_impl(functools.partial(lambda prim, a, b, **p: jax.jit(
+      functools.partial(prim.bind, **p))(a, b), _prim))
+  mlir.register_lowering(_prim, mlir.lower_fun(functools.partial(_reference, _prim),
+                                               multiple_results=False))
+  mlir.register_lowering(_prim, mlir.lower_fun(functools.partial(_ffi, _prim),
+                                               multiple_results=False), platform="cpu")
+  batching.primitive_batchers[_prim] = functools.partial(_batch, _prim)
+
+# Transposes (see the module doc); in each rule exactly one operand is the unknown whose
+# cotangent is returned, and `.aval` gives its shape.
+ad.defbilinear(
+    conv_p,
+    lambda ct, x, k, strides, pads: conv_data_p.bind(ct, k, strides=strides, pads=pads,
+                                                     in_hw=x.aval.shape[1:3]),
+    lambda ct, x, k, strides, pads: conv_weights_p.bind(x, ct, strides=strides, pads=pads,
+                                                        window=k.aval.shape[:2]))
+ad.defbilinear(
+    conv_data_p,
+    lambda ct, g, k, strides, pads, in_hw: conv_p.bind(ct, k, strides=strides, pads=pads),
+    lambda ct, g, k, strides, pads, in_hw: conv_weights_p.bind(ct, g, strides=strides,
+                                                               pads=pads,
+                                                               window=k.aval.shape[:2]))
+ad.defbilinear(
+    conv_weights_p,
+    lambda ct, x, g, strides, pads, window: conv_data_p.bind(g, ct, strides=strides,
+                                                             pads=pads,
+                                                             in_hw=x.aval.shape[1:3]),
+    lambda ct, x, g, strides, pads, window: conv_p.bind(x, ct, strides=strides, pads=pads))
+
+
+def _static(strides, pads):
+  return (tuple(int(s) for s in strides), tuple((int(lo), int(hi)) for lo, hi in pads))
+
+
 def conv(x, k, strides, pads):
   """y = conv(x, k): NHWC float32 x (N, H, W, C), HWIO k (KH, KW, C, O) -> (N, OH, OW, O).
 
-  `strides` (sh, sw), `pads` ((ph_lo, ph_hi), (pw_lo, pw_hi)), non-negative, as Python ints.
+  `strides` (sh, sw), `pads` ((ph_lo, ph_hi), (pw_lo, pw_hi)), non-negative ints.
   """
-  return _call("forward", output_shape(x.shape, k.shape, strides, pads), x, k, strides, pads)
+  strides, pads = _static(strides, pads)
+  return conv_p.bind(x, k, strides=strides, pads=pads)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def conv_data(g, k, x_shape, strides, pads):
-  """The input gradient of `conv`: d<g, conv(x, k)>/dx, shape `x_shape`."""
-  return _call("data", tuple(x_shape), g, k, strides, pads)
+def conv_data(g, k, in_hw, strides, pads):
+  """The input gradient of `conv`: d<g, conv(x, k)>/dx, shape (N, *in_hw, C)."""
+  strides, pads = _static(strides, pads)
+  return conv_data_p.bind(g, k, strides=strides, pads=pads, in_hw=tuple(map(int, in_hw)))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def conv_weights(x, g, window, strides, pads):
-  """The weight gradient of `conv`: d<g, conv(x, k)>/dk, HWIO (KH, KW, C, O), `window` (KH, KW)."""
-  return _call("weights", (*window, x.shape[3], g.shape[3]), x, g, strides, pads)
-
-
-def _conv_fwd(x, k, strides, pads):
-  return conv(x, k, strides, pads), (x, k)
-
-
-def _conv_bwd(strides, pads, res, g):
-  x, k = res
-  return (conv_data(g, k, x.shape, strides, pads),
-          conv_weights(x, g, k.shape[:2], strides, pads))
-
-
-def _data_fwd(g, k, x_shape, strides, pads):
-  return conv_data(g, k, x_shape, strides, pads), (g, k)
-
-
-def _data_bwd(x_shape, strides, pads, res, h):
-  g, k = res
-  return conv(h, k, strides, pads), conv_weights(h, g, k.shape[:2], strides, pads)
-
-
-def _weights_fwd(x, g, window, strides, pads):
-  return conv_weights(x, g, window, strides, pads), (x, g)
-
-
-def _weights_bwd(window, strides, pads, res, m):
-  x, g = res
-  return conv_data(g, m, x.shape, strides, pads), conv(x, m, strides, pads)
-
-
-conv.defvjp(_conv_fwd, _conv_bwd)
-conv_data.defvjp(_data_fwd, _data_bwd)
-conv_weights.defvjp(_weights_fwd, _weights_bwd)
+  """The weight gradient of `conv`: d<g, conv(x, k)>/dk, HWIO (*window, C, O)."""
+  strides, pads = _static(strides, pads)
+  return conv_weights_p.bind(x, g, strides=strides, pads=pads, window=tuple(map(int, window)))

@@ -10,8 +10,16 @@
 // (or the weight gradient back from it) at each call, which is small next to the convolution.
 // Primitives are cached per shape. Calls run one at a time (a mutex): XLA may run independent
 // thunks on its two threads at once, and two oneDNN calls, each with its own OpenMP team,
-// would oversubscribe the cores.
+// would oversubscribe the cores. XLA runs a thunk on whichever of its threads is free, so a
+// primitive is often executed on another thread than the one that created it; oneDNN's default
+// ("library") scratchpad is a thread-local buffer sized when a primitive is created on its
+// thread, so the primitives here take a scratchpad from the caller ("user" mode), allocated
+// per call (without it, the gemm-based weight gradient of tiny images crashed in im2col) and
+// zeroed: it also holds the jit kernels' spin-barrier counters, which oneDNN's own scratchpad
+// starts at zero (uninitialised, two threads of a weight gradient once spun in a barrier for
+// minutes).
 #include <cstdint>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -48,7 +56,8 @@ struct Key {
 
 struct Primitive {
   dnnl::primitive primitive;
-  memory::desc weights;  // the layout the primitive wants its (diff) weights in
+  memory::desc weights;     // the layout the primitive wants its (diff) weights in
+  memory::desc scratchpad;  // the temporary memory it needs per call
 };
 
 dnnl::engine& Engine() {
@@ -59,20 +68,25 @@ dnnl::engine& Engine() {
 Primitive Create(const Key& k) {
   memory::dims strides{k.sh, k.sw}, pad_lo{k.ph_lo, k.pw_lo}, pad_hi{k.ph_hi, k.pw_hi};
   auto algorithm = dnnl::algorithm::convolution_direct;
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   dnnl::convolution_forward::primitive_desc forward(
       Engine(), dnnl::prop_kind::forward_training, algorithm, k.src(), k.weights(Tag::any),
-      k.dst(), strides, pad_lo, pad_hi);
-  if (k.kind == kForward) return {dnnl::convolution_forward(forward), forward.weights_desc()};
+      k.dst(), strides, pad_lo, pad_hi, attr);
+  if (k.kind == kForward) {
+    return {dnnl::convolution_forward(forward), forward.weights_desc(),
+            forward.scratchpad_desc()};
+  }
   if (k.kind == kBackwardData) {
     dnnl::convolution_backward_data::primitive_desc pd(
         Engine(), algorithm, k.src(), k.weights(Tag::any), k.dst(), strides, pad_lo, pad_hi,
-        forward);
-    return {dnnl::convolution_backward_data(pd), pd.weights_desc()};
+        forward, attr);
+    return {dnnl::convolution_backward_data(pd), pd.weights_desc(), pd.scratchpad_desc()};
   }
   dnnl::convolution_backward_weights::primitive_desc pd(
       Engine(), algorithm, k.src(), k.weights(Tag::any), k.dst(), strides, pad_lo, pad_hi,
-      forward);
-  return {dnnl::convolution_backward_weights(pd), pd.diff_weights_desc()};
+      forward, attr);
+  return {dnnl::convolution_backward_weights(pd), pd.diff_weights_desc(), pd.scratchpad_desc()};
 }
 
 ffi::Error Run(Kind kind, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
@@ -94,6 +108,10 @@ ffi::Error Run(Kind kind, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
     const Primitive& p = it->second;
     memory::desc user_weights = key.weights(Tag::hwio);
     bool reorder = p.weights != user_weights;
+    memory scratchpad(p.scratchpad, Engine());
+    if (p.scratchpad.get_size()) {  // fresh, zeroed: it holds the kernels' spin-barrier counters
+      std::memset(scratchpad.get_data_handle(), 0, p.scratchpad.get_size());
+    }
     dnnl::stream stream(Engine());
     if (kind == kBackwardWeights) {
       memory x_mem(key.src(), Engine(), a.typed_data());
@@ -101,7 +119,8 @@ ffi::Error Run(Kind kind, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
       memory dk_user(user_weights, Engine(), out->typed_data());
       memory dk = reorder ? memory(p.weights, Engine()) : dk_user;
       p.primitive.execute(stream, {{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_DIFF_DST, dy},
-                                   {DNNL_ARG_DIFF_WEIGHTS, dk}});
+                                   {DNNL_ARG_DIFF_WEIGHTS, dk},
+                                   {DNNL_ARG_SCRATCHPAD, scratchpad}});
       if (reorder) dnnl::reorder(dk, dk_user).execute(stream, dk, dk_user);
     } else {
       memory k_user(user_weights, Engine(), b.typed_data());
@@ -111,12 +130,14 @@ ffi::Error Run(Kind kind, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
         memory x_mem(key.src(), Engine(), a.typed_data());
         memory y(key.dst(), Engine(), out->typed_data());
         p.primitive.execute(stream, {{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_WEIGHTS, k_mem},
-                                     {DNNL_ARG_DST, y}});
+                                     {DNNL_ARG_DST, y},
+                                     {DNNL_ARG_SCRATCHPAD, scratchpad}});
       } else {
         memory dy(key.dst(), Engine(), a.typed_data());
         memory dx(key.src(), Engine(), out->typed_data());
         p.primitive.execute(stream, {{DNNL_ARG_DIFF_DST, dy}, {DNNL_ARG_WEIGHTS, k_mem},
-                                     {DNNL_ARG_DIFF_SRC, dx}});
+                                     {DNNL_ARG_DIFF_SRC, dx},
+                                     {DNNL_ARG_SCRATCHPAD, scratchpad}});
       }
     }
     stream.wait();

@@ -1,4 +1,7 @@
-"""jaxflowaug.conv equals lax.conv_general_dilated (values and derivatives), and is the path taken on CPU."""
+"""jaxflowaug.conv equals lax.conv_general_dilated (values and derivatives), and is the path taken on CPU.
+
+These tests are of the plans (`planned_conv`), which every test here runs under (the fixture);
+the oneDNN backend, the default where it builds, is tested in test_onednn.py."""
 import functools
 
 import chex
@@ -9,10 +12,16 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jaxflowaug import conv
+from jaxflowaug import conv, onednn
 
 DN = ("NHWC", "HWIO", "NHWC")
 TOL = dict(rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture(autouse=True)
+def _plans():
+  with conv.using_cpu_backend("plans"):
+    yield
 
 
 def _inputs(n=2, h=7, w=6, c=5, o=4, k=3, dtype=jnp.float32):
@@ -42,12 +51,15 @@ def _assert_close(got, want, **tol):
 PLANS = [conv.Plan(f, f, f) for f in conv.FORMS] + [
     conv.Plan("lax", "im2col", "lax"), conv.Plan("im2col", "shifted", "lax"),
     conv.Plan("shifted", "lax", "im2col"), conv.Plan("lax", "col2im", "shifted"),
-    conv.Plan("col2im", "im2col", "lax"), conv.Plan("lax", "im2col", "im2col", True)]
+    conv.Plan("col2im", "im2col", "lax"), conv.Plan("lax", "im2col", "im2col", True),
+    conv.Plan("onednn", "im2col", "onednn"), conv.Plan("lax", "onednn", "col2im")]
 
 
 @pytest.mark.parametrize("plan", PLANS, ids=str)
 def test_every_form_matches_lax(plan):
   """Primal, input and weight gradients, and forward-mode tangent equal lax's."""
+  if "onednn" in (plan.forward, plan.input_grad, plan.weight_grad) and not onednn.available():
+    pytest.skip(f"oneDNN extension: {onednn.unavailable_reason()}")
   x, kernel = _inputs()
   strides, pads = (2, 1), ((1, 2), (0, 1))
   mine = functools.partial(conv.planned_conv, strides=strides, pads=pads, plan=plan)
@@ -122,7 +134,7 @@ def test_switch_off_gives_plain_lax_on_cpu_too():
 def test_unknown_cpu_backend_is_refused_naming_the_choices():
   with pytest.raises(ValueError, match="one of .*onednn"):
     conv.set_cpu_backend("mkldnn")
-  assert conv.cpu_backend() == "plans"
+  assert conv.cpu_backend() == "plans"  # unchanged (this module's fixture sets the plans)
 
 
 @pytest.mark.parametrize("c", [3, 40])  # 40: the plan rebuilds the patches (rebuild_patches)

@@ -10,6 +10,8 @@ import jax
 import ml_collections
 from absl import logging
 
+from jaxflowaug import conv
+
 RESULTS_FILE = "results.json"
 
 
@@ -39,9 +41,12 @@ def _versions() -> dict:
   import flax
   import optax
   import orbax.checkpoint
-  return {"python": platform.python_version(), "jax": jax.__version__,
-          "flax": flax.__version__, "optax": optax.__version__,
-          "orbax": orbax.checkpoint.__version__, "jaxflowaug": _CODE}
+  out = {"python": platform.python_version(), "jax": jax.__version__,
+         "flax": flax.__version__, "optax": optax.__version__,
+         "orbax": orbax.checkpoint.__version__, "jaxflowaug": _CODE}
+  if jax.default_backend() == "cpu":  # the kernels: same values to float32 round-off, not speed
+    out["cpu_conv"] = conv.cpu_backend()
+  return out
 
 
 def write_json_atomic(path: str, payload: Any) -> None:
