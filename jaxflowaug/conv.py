@@ -58,9 +58,10 @@ records it):
   (PyTorch's, called through XLA's FFI, built on first use) for the forward and both gradients,
   except the input gradient of a convolution with fewer than 8 input channels, which keeps the
   plans' form. On the 2-core EPYC (BENCHMARKS.md): ResNet-18's train step 1.4-1.8x the plans'
-  speed, the reduced CIFAR-10 steps 1.5-3x. Not the default: with it as the default, the whole
-  test suite stalled in each of three runs, two threads of a oneDNN kernel spinning in its
-  barrier for minutes (issue 17). Other dtypes keep the plans. XLA cannot partition an FFI
+  speed, the reduced CIFAR-10 steps 1.5-3x. Not for real runs yet (selecting it warns): in
+  some programs it gives wrong weight gradients (tests/test_train.py's cached-latents step:
+  equal losses, parameters off by up to 0.59 after one step) and stalls (two threads of a
+  oneDNN kernel spinning in its barrier for minutes), issue 17. Other dtypes keep the plans. XLA cannot partition an FFI
   call: over several CPU devices each would convolve the whole batch;
 * ``"lax"``: plain `lax.conv_general_dilated` on every platform, for comparison (benchmarks)
   and for a jax whose XLA:CPU no longer needs the plans.
@@ -78,6 +79,7 @@ import contextlib
 import dataclasses
 import functools
 import os
+import warnings
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -113,6 +115,10 @@ def set_cpu_backend(name: str) -> None:
   if name not in CPU_BACKENDS:
     raise ValueError(f"CPU convolution backend must be one of {CPU_BACKENDS}, got {name!r} "
                      "(from set_cpu_backend or JAXFLOWAUG_CPU_CONV).")
+  if name == "onednn":
+    warnings.warn("the oneDNN CPU convolutions are experimental: in some programs they give "
+                  "wrong weight gradients or stall (issue 17); use them for benchmarks, not "
+                  "for runs whose numbers you keep", stacklevel=2)
   _SWITCH["cpu"] = name
 
 
