@@ -61,8 +61,9 @@ records it):
   speed, the reduced CIFAR-10 steps 1.5-3x. Not for real runs yet (selecting it warns): in
   some programs it gives wrong weight gradients (tests/test_train.py's cached-latents step:
   equal losses, parameters off by up to 0.59 after one step) and stalls (two threads of a
-  oneDNN kernel spinning in its barrier for minutes), issue 17. Other dtypes keep the plans. XLA cannot partition an FFI
-  call: over several CPU devices each would convolve the whole batch;
+  oneDNN kernel spinning in its barrier for minutes), issue 17. Other dtypes keep the plans.
+  XLA cannot partition an FFI call: over several CPU devices each would convolve the whole
+  batch;
 * ``"lax"``: plain `lax.conv_general_dilated` on every platform, for comparison (benchmarks)
   and for a jax whose XLA:CPU no longer needs the plans.
 
@@ -320,10 +321,12 @@ planned_conv.defjvp(_planned_conv_jvp, symbolic_zeros=True)
 
 def cpu_plan(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
              dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+             preferred_element_type=None,
              out_sharding=None) -> tuple[tuple[int, int], Pads, Plan] | None:
   """(strides, explicit pads, Plan) used on CPU for these arguments, or None for plain lax.
 
-  The arguments are those of `lax.conv_general_dilated`. None means the configuration is
+  The arguments are those of `lax.conv_general_dilated`. The plan is `onednn_plan`'s under the
+  "onednn" backend for float32, else `choose_plan`'s. None means the configuration is
   outside the supported set: not 2-D NHWC/HWIO, dilated, grouped, negatively padded,
   non-floating, or with an explicit `out_sharding`.
   """
@@ -342,6 +345,9 @@ def cpu_plan(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=
   pads = tuple((int(lo), int(hi)) for lo, hi in padding)
   if any(p < 0 for pair in pads for p in pair):
     return None
+  if cpu_backend() == "onednn" and lhs.dtype == rhs.dtype == jnp.float32 and (
+      preferred_element_type in (None, jnp.float32)):
+    return strides, pads, onednn_plan(rhs.shape, strides)
   return strides, pads, choose_plan(rhs.shape, strides)
 
 
@@ -362,13 +368,11 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
       batch_group_count=batch_group_count, precision=precision,
       preferred_element_type=preferred_element_type, out_sharding=out_sharding)
   spec = cpu_plan(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                  dimension_numbers, feature_group_count, batch_group_count, out_sharding)
+                  dimension_numbers, feature_group_count, batch_group_count,
+                  preferred_element_type, out_sharding)
   if spec is None:
     return lax_conv(lhs, rhs)
   strides, pads, plan = spec
-  if cpu_backend() == "onednn" and lhs.dtype == rhs.dtype == jnp.float32 and (
-      preferred_element_type in (None, jnp.float32)):
-    plan = onednn_plan(rhs.shape, strides)
   cpu_conv = functools.partial(planned_conv, strides=strides, pads=pads, plan=plan,
                                precision=precision,
                                preferred_element_type=preferred_element_type)

@@ -85,6 +85,11 @@ def _onednn_paths() -> tuple[str, str, str]:
   return include, lib_dir, dist.version
 
 
+def _target(name: str) -> str:
+  """The FFI target name of the handler `_TARGETS[name]`."""
+  return f"jaxflowaug_onednn_{name}"
+
+
 def _cache_dir() -> str:
   root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
   return os.path.join(root, "jaxflowaug", "onednn")
@@ -128,7 +133,7 @@ def _load() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     lib = ctypes.cdll.LoadLibrary(path)
     for name, symbol in _TARGETS.items():
-      jax.ffi.register_ffi_target(f"jaxflowaug_onednn_{name}",
+      jax.ffi.register_ffi_target(_target(name),
                                   jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
     _STATE["lib"] = lib
   except (RuntimeError, OSError) as e:
@@ -200,7 +205,7 @@ def _ffi(prim, a, b, strides, pads, in_hw=None, window=None):
     raise RuntimeError(f"jaxflowaug.onednn is unavailable: {_STATE['error']}")
   (ph_lo, ph_hi), (pw_lo, pw_hi) = pads
   out = _shape(prim, a.shape, b.shape, strides, pads, in_hw, window)
-  return jax.ffi.ffi_call(_FFI_TARGETS[prim], jax.ShapeDtypeStruct(out, np.float32))(
+  return jax.ffi.ffi_call(_target(_FFI_TARGETS[prim]), jax.ShapeDtypeStruct(out, np.float32))(
       a, b, ph_lo=np.int64(ph_lo), ph_hi=np.int64(ph_hi), pw_lo=np.int64(pw_lo),
       pw_hi=np.int64(pw_hi), sh=np.int64(strides[0]), sw=np.int64(strides[1]))
 
@@ -217,8 +222,7 @@ def _batch(prim, args, dims, **params):
   return jax.vmap(functools.partial(_reference, prim, **params), in_axes=(da, db))(a, b), 0
 
 
-_FFI_TARGETS = {conv_p: "jaxflowaug_onednn_forward", conv_data_p: "jaxflowaug_onednn_data",
-                conv_weights_p: "jaxflowaug_onednn_weights"}
+_FFI_TARGETS = {conv_p: "forward", conv_data_p: "data", conv_weights_p: "weights"}
 for _prim in _FFI_TARGETS:
   _prim.def_abstract_eval(functools.partial(_abstract_eval, _prim))
   _prim.def_impl(functools.partial(lambda prim, a, b, **p: jax.jit(
@@ -263,14 +267,3 @@ def conv(x, k, strides, pads):
   strides, pads = _static(strides, pads)
   return conv_p.bind(x, k, strides=strides, pads=pads)
 
-
-def conv_data(g, k, in_hw, strides, pads):
-  """The input gradient of `conv`: d<g, conv(x, k)>/dx, shape (N, *in_hw, C)."""
-  strides, pads = _static(strides, pads)
-  return conv_data_p.bind(g, k, strides=strides, pads=pads, in_hw=tuple(map(int, in_hw)))
-
-
-def conv_weights(x, g, window, strides, pads):
-  """The weight gradient of `conv`: d<g, conv(x, k)>/dk, HWIO (*window, C, O)."""
-  strides, pads = _static(strides, pads)
-  return conv_weights_p.bind(x, g, strides=strides, pads=pads, window=tuple(map(int, window)))

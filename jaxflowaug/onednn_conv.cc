@@ -15,9 +15,8 @@
 // ("library") scratchpad is a thread-local buffer sized when a primitive is created on its
 // thread, so the primitives here take a scratchpad from the caller ("user" mode), allocated
 // per call (without it, the gemm-based weight gradient of tiny images crashed in im2col) and
-// zeroed: it also holds the jit kernels' spin-barrier counters, which oneDNN's own scratchpad
-// starts at zero (uninitialised, two threads of a weight gradient once spun in a barrier for
-// minutes).
+// zeroed, as a fresh library scratchpad would be. (The stalls in a kernel's spin barrier seen
+// with this backend as the default happened with and without the zeroing: issue 17.)
 #include <cstdint>
 #include <cstring>
 #include <map>
