@@ -265,5 +265,16 @@ def conv(x, k, strides, pads):
   `strides` (sh, sw), `pads` ((ph_lo, ph_hi), (pw_lo, pw_hi)), non-negative ints.
   """
   strides, pads = _static(strides, pads)
+  if k.shape[:2] == (1, 1) and strides != (1, 1):
+    # A strided 1x1 convolution is a unit-stride one of the pixels it reads, gathered here by
+    # a pad and a strided slice. oneDNN would gather them itself into a workspace ("rtus"),
+    # but its 1x1 weight gradient writes past that workspace when C is below its channel block
+    # (8 with AVX2, 16 with AVX-512), in NHWC with a batch above 1: a hang in its spin barrier
+    # with several threads, a crash with one, wrong weight gradients in between (oneDNN issue
+    # 6035; ResNet's projections with C = 4). Copying the pixels costs what oneDNN's copy did.
+    (ph_lo, ph_hi), (pw_lo, pw_hi) = pads
+    x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (ph_lo, ph_hi, 0), (pw_lo, pw_hi, 0),
+                                            (0, 0, 0)))[:, ::strides[0], ::strides[1]]
+    strides, pads = (1, 1), ((0, 0), (0, 0))
   return conv_p.bind(x, k, strides=strides, pads=pads)
 

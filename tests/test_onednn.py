@@ -89,6 +89,23 @@ def test_calls_from_many_threads():
     chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-6)
 
 
+def test_strided_1x1_runs_as_unit_stride_on_gathered_pixels():
+  """oneDNN's strided 1x1 weight gradient writes past its workspace for C < 8 (oneDNN issue
+  6035): at this shape (a smoke ResNet's first projection, batch 16) it hung in a spin barrier
+  with 2 threads and gave wrong weight gradients inside a train step. `conv` gathers the pixels
+  itself, so every oneDNN call has unit stride, and the gradients are lax's, call after call."""
+  x, k = _inputs((16, 32, 32, 4), (1, 1, 4, 8), seed=5)
+  strides, pads = (2, 2), ((0, 1), (1, 0))
+  loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k, strides, pads)))  # noqa: E731
+  f = jax.jit(jax.grad(loss(onednn.conv), (0, 1)))
+  text = f.trace(x, k).lower().as_text()
+  calls = [line for line in text.splitlines() if "jaxflowaug_onednn_" in line]
+  assert len(calls) == 3 and all("sh = 1 " in c and "sw = 1 " in c for c in calls), calls
+  want = jax.grad(loss(_lax), (0, 1))(x, k)
+  for _ in range(10):
+    chex.assert_trees_all_close(f(x, k), want, rtol=1e-4, atol=1e-4)
+
+
 def test_inside_fori_loop_like_pgd():
   """Three signed-gradient steps on the input through a fori_loop, as A-LA/PGD do."""
   x, k = _inputs((2, 8, 8, 3), (3, 3, 3, 4), seed=2)
