@@ -23,6 +23,8 @@ import jax
 import jax.extend as jex
 import jax.numpy as jnp
 
+from jaxflowaug import onednn
+
 
 @dataclasses.dataclass
 class Measurement:
@@ -87,6 +89,12 @@ def measure(name: str, fn: Callable, *args, items: int, repeats: int = 3,
   return Measurement(name, best, compile_seconds, flops, items, xla_flops, note)
 
 
+# oneDNN's three products (jaxflowaug.onednn): the positions of dy and the kernel among
+# (operand a, operand b, output).
+_ONEDNN_PRODUCTS = {onednn.conv_p.name: (2, 1), onednn.conv_data_p.name: (0, 1),
+                    onednn.conv_weights_p.name: (1, 2)}
+
+
 def _eqn_flops(eqn, platform_indices=frozenset()) -> float:
   name, params = eqn.primitive.name, eqn.params
   if name == "dot_general":
@@ -99,6 +107,10 @@ def _eqn_flops(eqn, platform_indices=frozenset()) -> float:
     spec = params["dimension_numbers"].rhs_spec  # (out, in, spatial...)
     per_out = rhs[spec[1]] * math.prod(rhs[d] for d in spec[2:])
     return 2.0 * math.prod(eqn.outvars[0].aval.shape) * per_out
+  if name in _ONEDNN_PRODUCTS:  # each is 2 * |dy| * KH*KW*C, dy (N, OH, OW, O), k (KH, KW, C, O)
+    shapes = [v.aval.shape for v in (*eqn.invars, *eqn.outvars)]
+    dy, k = (shapes[i] for i in _ONEDNN_PRODUCTS[name])
+    return 2.0 * math.prod(dy) * math.prod(k[:3])
   inner = [v for v in params.values() if isinstance(v, (jex.core.Jaxpr, jex.core.ClosedJaxpr))]
   branches = params.get("branches")
   if name == "scan":

@@ -84,8 +84,8 @@ def _jax_glow_seconds(batch_size: int) -> tuple:
 
 
 def _ours_backends() -> list:
-  """The CPU convolution backends ours is measured with: the default plans (XLA's kernels),
-  and oneDNN's when the extension builds here (`jaxflowaug.onednn`)."""
+  """The CPU convolution backends ours is measured with: the plans (XLA's kernels), and
+  oneDNN's (`jaxflowaug.onednn`, the default) when the extension builds here."""
   return ["plans"] + (["onednn"] if onednn.available() else [])
 
 
@@ -214,15 +214,15 @@ def render(results: dict) -> str:
               "same CIFAR ResNet-18 and SGD step, Glow and A-LA step (`benchmarks/torch_ref.py`); "
               "ours / torch is against torch's faster layout (ResNet target >= 1.0, A-LA "
               ">= 2.0); the Glow and A-LA rows are NCHW only (their channels-last cell is "
-              "empty). \"ours\" runs the default CPU convolutions (`conv` plans, XLA's kernels); "
-              "\"ours, oneDNN\" the experimental `JAXFLOWAUG_CPU_CONV=onednn` "
-              "(`jaxflowaug/onednn.py`), when it builds.", "",
+              "empty). \"ours, plans\" runs XLA's own kernels with the project's gradient forms "
+              "(`JAXFLOWAUG_CPU_CONV=plans`); \"ours, oneDNN\" oneDNN's kernels "
+              "(`jaxflowaug/onednn.py`, the default where it builds).", "",
               harness.markdown_table(t["rows"], [
-                  ("step", "name", None), ("ours img/s", "ours_img_per_s", "{:.2f}"),
+                  ("step", "name", None), ("ours, plans img/s", "ours_img_per_s", "{:.2f}"),
                   ("ours, oneDNN img/s", "ours_onednn_img_per_s", "{:.2f}"),
                   ("torch NCHW img/s", "torch_nchw_img_per_s", "{:.2f}"),
                   ("torch channels-last img/s", "torch_channels_last_img_per_s", "{:.2f}"),
-                  ("ours / torch", "ratio", "{:.2f}"),
+                  ("ours, plans / torch", "ratio", "{:.2f}"),
                   ("ours, oneDNN / torch", "ratio_onednn", "{:.2f}")]), ""]
   if results.get("data"):
     d = results["data"]

@@ -49,21 +49,18 @@ higher-order derivatives keep working. Residuals: an "im2col" weight-tangent for
 runs under `jax.checkpoint` (nothing saved), and the backward pass keeps x and rebuilds P from
 it; "shifted" keeps the padded x, "col2im" x itself.
 
-Switch. `set_cpu_backend(name)` (initially the environment variable JAXFLOWAUG_CPU_CONV, else
-"plans") chooses what `conv_general_dilated` runs on CPU (`train.main` logs it, `results.json`
-records it):
+Switch. `set_cpu_backend(name)` (initially the environment variable JAXFLOWAUG_CPU_CONV)
+chooses what `conv_general_dilated` runs on CPU (`train.main` logs it, `results.json` records
+it):
 
-* ``"plans"`` (the default): `choose_plan`'s forms, XLA's own kernels only;
-* ``"onednn"`` (experimental): float32 convolutions by `onednn_plan`: oneDNN's kernels
-  (PyTorch's, called through XLA's FFI, built on first use) for the forward and both gradients,
-  except the input gradient of a convolution with fewer than 8 input channels, which keeps the
-  plans' form. On the 2-core EPYC (BENCHMARKS.md): ResNet-18's train step 1.4-1.8x the plans'
-  speed, the reduced CIFAR-10 steps 1.5-3x. Not for real runs yet (selecting it warns): in
-  some programs it gives wrong weight gradients (tests/test_train.py's cached-latents step:
-  equal losses, parameters off by up to 0.59 after one step) and stalls (two threads of a
-  oneDNN kernel spinning in its barrier for minutes), issue 17. Other dtypes keep the plans.
-  XLA cannot partition an FFI call: over several CPU devices each would convolve the whole
-  batch;
+* ``"onednn"`` (the default where the extension builds and the process sees one CPU device):
+  float32 convolutions by `onednn_plan`: oneDNN's kernels (PyTorch's, called through XLA's
+  FFI, built on first use) for the forward and both gradients, except the input gradient of a
+  convolution with fewer than 8 input channels, which keeps the plans' form. On the 2-core
+  EPYC (BENCHMARKS.md): ResNet-18's train step 1.4-1.8x the plans' speed, the reduced CIFAR-10
+  steps 1.5-3x. Other dtypes keep the plans. XLA cannot partition an FFI call (over several
+  CPU devices each would convolve the whole batch), hence the plans there;
+* ``"plans"`` (the default otherwise): `choose_plan`'s forms, XLA's own kernels only;
 * ``"lax"``: plain `lax.conv_general_dilated` on every platform, for comparison (benchmarks)
   and for a jax whose XLA:CPU no longer needs the plans.
 
@@ -80,7 +77,6 @@ import contextlib
 import dataclasses
 import functools
 import os
-import warnings
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -111,28 +107,29 @@ SAVEABLE = "jaxflowaug_conv"
 _SWITCH = {}
 
 
-def set_cpu_backend(name: str) -> None:
-  """What convolutions run on CPU: "plans", "onednn" or "lax" (see the module doc)."""
-  if name not in CPU_BACKENDS:
+def set_cpu_backend(name: str | None) -> None:
+  """What convolutions run on CPU: "plans", "onednn" or "lax"; None (or "") for the default,
+  "onednn" where its extension builds and the process sees one CPU device, else "plans" (see
+  the module doc)."""
+  if name and name not in CPU_BACKENDS:
     raise ValueError(f"CPU convolution backend must be one of {CPU_BACKENDS}, got {name!r} "
                      "(from set_cpu_backend or JAXFLOWAUG_CPU_CONV).")
-  if name == "onednn":
-    warnings.warn("the oneDNN CPU convolutions are experimental: in some programs they give "
-                  "wrong weight gradients or stall (issue 17); use them for benchmarks, not "
-                  "for runs whose numbers you keep", stacklevel=2)
-  _SWITCH["cpu"] = name
+  _SWITCH["cpu"] = name or None
 
 
 def cpu_backend() -> str:
-  """The CPU convolution backend now in force."""
-  return _SWITCH["cpu"]
+  """The CPU convolution backend now in force, the default resolved."""
+  name = _SWITCH["cpu"]
+  if name is None:
+    return "onednn" if len(jax.devices("cpu")) == 1 and onednn.available() else "plans"
+  return name
 
 
 @contextlib.contextmanager
 def using_cpu_backend(name: str):
   """`set_cpu_backend(name)` for the functions traced inside the block; the backend in force
   before is restored on leaving it."""
-  saved = cpu_backend()
+  saved = _SWITCH["cpu"]
   set_cpu_backend(name)
   try:
     yield
@@ -140,7 +137,7 @@ def using_cpu_backend(name: str):
     set_cpu_backend(saved)
 
 
-set_cpu_backend(os.environ.get("JAXFLOWAUG_CPU_CONV", "plans"))
+set_cpu_backend(os.environ.get("JAXFLOWAUG_CPU_CONV"))
 
 
 @dataclasses.dataclass(frozen=True)

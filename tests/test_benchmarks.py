@@ -10,7 +10,7 @@ import pytest
 from jax import lax
 
 from benchmarks import harness
-from jaxflowaug import conv
+from jaxflowaug import conv, onednn
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -22,14 +22,20 @@ def test_matmul_and_scan_flops():
   assert harness.jaxpr_flops(looped, a, b) == 7 * 2 * 4 * 6 * 5
 
 
-def test_conv_gradient_counts_nominal_flops():
-  """The CPU plan's col2im form computes over the padded frame; the count is the convolution's
-  2*out*KH*KW*C_in per product (forward, input and weight gradient), as lax's would be."""
+@pytest.mark.parametrize("backend", ["plans", "onednn"])
+def test_conv_gradient_counts_nominal_flops(backend):
+  """Every CPU backend's program counts as the convolution's nominal 2*out*KH*KW*C_in per
+  product (forward, input and weight gradient), as lax's does: the plans' col2im form computes
+  over the padded frame, and oneDNN's products are primitives of their own."""
+  if backend == "onednn" and not onednn.available():
+    pytest.skip(f"oneDNN extension: {onednn.unavailable_reason()}")
   x, k = jnp.ones((2, 8, 8, 40)), jnp.ones((3, 3, 40, 2))
-  assert conv.choose_plan(k.shape, (1, 1)).forward == "col2im"
   loss = lambda fn: lambda a, b: jnp.sum(fn(a, b, (1, 1), "SAME", dimension_numbers=DN) ** 2)
   nominal = 3 * 2 * (2 * 8 * 8 * 2) * 9 * 40
-  assert harness.jaxpr_flops(jax.grad(loss(conv.conv_general_dilated), (0, 1)), x, k) == nominal
+  with conv.using_cpu_backend(backend):
+    plan = conv.cpu_plan(x, k, (1, 1), "SAME", dimension_numbers=DN)[2]
+    assert plan.forward == {"plans": "col2im", "onednn": "onednn"}[backend]
+    assert harness.jaxpr_flops(jax.grad(loss(conv.conv_general_dilated), (0, 1)), x, k) == nominal
   assert harness.jaxpr_flops(jax.grad(loss(lax.conv_general_dilated), (0, 1)), x, k) == nominal
 
 

@@ -137,6 +137,17 @@ def test_unknown_cpu_backend_is_refused_naming_the_choices():
   assert conv.cpu_backend() == "plans"  # unchanged (this module's fixture sets the plans)
 
 
+def test_default_cpu_backend_is_onednn_on_one_device_else_plans(monkeypatch):
+  """The default (no JAXFLOWAUG_CPU_CONV): oneDNN where it builds and one CPU device runs the
+  program; with several, the plans (XLA would run each FFI call on the whole batch)."""
+  with conv.using_cpu_backend(None):
+    assert conv.cpu_backend() == ("onednn" if onednn.available() else "plans")
+    monkeypatch.setattr(jax, "devices", lambda *backend: [object(), object()])
+    assert conv.cpu_backend() == "plans"
+  monkeypatch.undo()
+  assert conv.cpu_backend() == "plans"  # the fixture's explicit choice is back
+
+
 @pytest.mark.parametrize("c", [3, 40])  # 40: the plan rebuilds the patches (rebuild_patches)
 def test_second_order_matches_lax(c):
   x, kernel = _inputs(c=c, o=2, k=3)

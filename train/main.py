@@ -30,7 +30,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxflowaug import conv, parallel
+from jaxflowaug import conv, onednn, parallel
 from train import (attack, checkpoint, errors, input_pipeline, results, sweep, workdir as workdirs,
                    writer)
 from train.stages import classifier, evaluate, flow, vaegan
@@ -158,7 +158,8 @@ def main(argv):
                  jax.process_index(), jax.process_count(), jax.local_devices(),
                  jax.device_count())
     if jax.default_backend() == "cpu":
-      logging.info("CPU convolutions: %s (JAXFLOWAUG_CPU_CONV)", conv.cpu_backend())
+      logging.info("CPU convolutions: %s (JAXFLOWAUG_CPU_CONV)%s", conv.cpu_backend(),
+                   "" if onednn.available() else f"; oneDNN: {onednn.unavailable_reason()}")
     if config.get("sweep"):
       sweep.run(config, workdir, run)
       return
