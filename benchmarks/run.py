@@ -163,7 +163,7 @@ def render(results: dict) -> str:
   m, peak = results["machine"], results["matmul_flops"]
   out = [f"## {m['platform']}: {m['device']} x{m['device_count']} ({m['date']}, jax {m['jax']}, "
          f"{m['cpu_count']} CPU cores)", ""] + (
-             [f"CPU convolutions: {m['cpu_conv']} (`JAXFLOWAUG_CPU_CONV`) in every section, "
+             [f"CPU convolutions: {m['cpu_conv']} (`JAXFLOWAUG_CPU_CONV`) in this run's sections, "
               "except where a table names the backend.", ""] if m.get("cpu_conv") else []) + [
          f"Measured float32 matmul (2048^3): **{peak / 1e9:.1f} GFLOP/s**"
          + (f" (the best of {len(results['matmul_flops_samples'])} measurements spread over the "
@@ -171,6 +171,12 @@ def render(results: dict) -> str:
             f"are of the best)" if len(results.get("matmul_flops_samples", [])) > 1 else "")
          + (f"; bfloat16: {results['matmul_bf16_flops'] / 1e12:.1f} TFLOP/s"
             if results.get("matmul_bf16_flops") else "") + ".", ""]
+  runs = {name: (l["date"], l.get("cpu_conv")) for name, l in results.get("load", {}).items()
+          if l.get("date")}
+  if len(set(runs.values())) > 1:  # a run of some `--sections` kept the others' numbers
+    out += ["Sections from several runs: " + "; ".join(
+        f"{name} {date}" + (f", {backend} convolutions" if backend else "")
+        for name, (date, backend) in runs.items()) + ".", ""]
   busy = {name: l["fraction"] for name, l in results.get("load", {}).items()
           if l.get("fraction") is not None and l["fraction"] > BUSY}
   if busy:
@@ -287,7 +293,8 @@ def main(argv=None):
   def section(name, fn):  # runs one section, recording what other processes did meanwhile
     with harness.OtherLoad() as other:
       out = fn()
-    load[name] = {"other_cpu_s": other.other_seconds, "fraction": other.fraction}
+    load[name] = {"other_cpu_s": other.other_seconds, "fraction": other.fraction,
+                  "date": started["date"], "cpu_conv": started["cpu_conv"]}
     return out
 
   if "flow" in sections:
