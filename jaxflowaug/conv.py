@@ -327,7 +327,8 @@ def cpu_plan(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=
   outside the supported set: not 2-D NHWC/HWIO, dilated, grouped, negatively padded,
   non-floating, or with an explicit `out_sharding`.
   """
-  if (cpu_backend() == "lax" or lhs.ndim != 4 or rhs.ndim != 4 or feature_group_count != 1
+  backend = cpu_backend()
+  if (backend == "lax" or lhs.ndim != 4 or rhs.ndim != 4 or feature_group_count != 1
       or batch_group_count != 1
       or out_sharding is not None
       or any(d != 1 for d in tuple(lhs_dilation or ()) + tuple(rhs_dilation or ()))
@@ -342,7 +343,7 @@ def cpu_plan(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=
   pads = tuple((int(lo), int(hi)) for lo, hi in padding)
   if any(p < 0 for pair in pads for p in pair):
     return None
-  if cpu_backend() == "onednn" and lhs.dtype == rhs.dtype == jnp.float32 and (
+  if backend == "onednn" and lhs.dtype == rhs.dtype == jnp.float32 and (
       preferred_element_type in (None, jnp.float32)):
     return strides, pads, onednn_plan(rhs.shape, strides)
   return strides, pads, choose_plan(rhs.shape, strides)

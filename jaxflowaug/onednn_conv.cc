@@ -15,8 +15,8 @@
 // ("library") scratchpad is a thread-local buffer sized when a primitive is created on its
 // thread, so the primitives here take a scratchpad from the caller ("user" mode), allocated
 // per call (without it, the gemm-based weight gradient of tiny images crashed in im2col) and
-// zeroed, as a fresh library scratchpad would be. (The stalls in a kernel's spin barrier seen
-// with this backend as the default happened with and without the zeroing: issue 17.)
+// zeroed, as a fresh library scratchpad would be. (The spin-barrier stalls of issue 17 were
+// oneDNN's strided 1x1 weight gradient overflowing its workspace, which onednn.py avoids.)
 #include <cstdint>
 #include <cstring>
 #include <map>

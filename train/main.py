@@ -158,8 +158,10 @@ def main(argv):
                  jax.process_index(), jax.process_count(), jax.local_devices(),
                  jax.device_count())
     if jax.default_backend() == "cpu":
+      # Why the default is not oneDNN, if so (an explicit choice needs no reason, nor a build).
+      why = None if os.environ.get("JAXFLOWAUG_CPU_CONV") else onednn.unavailable_reason()
       logging.info("CPU convolutions: %s (JAXFLOWAUG_CPU_CONV)%s", conv.cpu_backend(),
-                   "" if onednn.available() else f"; oneDNN: {onednn.unavailable_reason()}")
+                   f"; oneDNN unavailable: {why}" if why else "")
     if config.get("sweep"):
       sweep.run(config, workdir, run)
       return
