@@ -126,6 +126,24 @@ def test_report_has_only_the_sections_with_rows(tmp_path):
     assert missing not in text
 
 
+def test_sampled_evaluation_names_its_sample_sizes_instead_of_the_papers_numbers(tmp_path):
+  config = cifar10_adv.get_config()
+  config.data.train_size = 0
+  config.evaluation.update(num_examples=1000, fid_examples=5000)
+  _write(str(tmp_path), "ala", "evaluate", config, clean_accuracy=0.9, train_examples=45000,
+         num_examples=1000, fid_reference_examples=5000, fid_features="inception",
+         clean=dict(fid=30.0, kid=0.0001),
+         attacks={"rla": _attack("R-LA linf ε 0.25", 0.8, 11.1, 2.5, 0.18, fid=37.0, kid=0.004)})
+  lines = report.write_report(str(tmp_path)).splitlines()
+  # Table 4 compares FIDs, which depend on both sample sizes; Tables 5 and 6 only on the first.
+  assert ("| ala | A-LA l2 ε 1 α 0.5 k 3 | R-LA linf ε 0.25 | Inception | 37.00 | 4.00 | – "
+          "| not comparable: 1000 test images, 5000 training images for FID |") in lines
+  assert ("| ala | R-LA linf ε 0.25 | 2.50 | 0.180 | not comparable: 1000 test images |"
+          in lines)
+  assert ("| ala | A-LA l2 ε 1 α 0.5 k 3 | 45000 (all) | R-LA linf ε 0.25 | 90.0 | 80.0 | 11.1 "
+          "| not comparable: 1000 test images |") in lines
+
+
 def test_report_of_an_empty_or_missing_directory(tmp_path):
   assert "No `results.json`" in report.write_report(str(tmp_path))
   with pytest.raises(ValueError, match="RUNS_DIR"):

@@ -239,8 +239,8 @@ def evaluation_sections(runs: dict) -> list:
     sizes = config.get("evaluation", {})
     full_eval = cifar and sizes.get("num_examples") == 0
     full_fid = full_eval and sizes.get("fid_examples") == 0
-    sampled = (f"not comparable: {out.get('num_examples')} test images, "
-               f"{out.get('fid_reference_examples')} training images for FID")
+    sampled = f"not comparable: {out.get('num_examples')} test images"  # Tables 5 and 6
+    sampled_fid = f"{sampled}, {out.get('fid_reference_examples')} training images for FID"
     inception = out.get("fid_features") == "inception"
     suffix = "" if inception else "_classifier_features"
     features = "Inception" if inception else "classifier features (not FID)"
@@ -253,7 +253,7 @@ def evaluation_sections(runs: dict) -> list:
     for row in out["attacks"].values():
       label = row["label"]
       paper_fid = PAPER["fid"].get(label) if cifar and inception else None
-      paper_fid = sampled if paper_fid is not None and not full_fid else paper_fid
+      paper_fid = sampled_fid if paper_fid is not None and not full_fid else paper_fid
       fid_groups.setdefault((group, trained, label, features,
                              "" if paper_fid is None else paper_fid), []).append(
           (row.get(f"fid{suffix}"), row.get(f"kid{suffix}"), row.get("density_kept_fraction")))
