@@ -86,6 +86,8 @@ def measure(name: str, fn: Callable, *args, items: int, repeats: int = 3,
     best, total, calls = min(best, elapsed), total + elapsed, calls + 1
     if carry is not None:
       args = carry(out, args)
+  print(f"  {name}: {items / best:.2f} items/s ({best * 1e3:.1f} ms a call, "
+        f"{flops / best / 1e9:.1f} GFLOP/s), compile {compile_seconds:.1f} s", flush=True)
   return Measurement(name, best, compile_seconds, flops, items, xla_flops, note)
 
 
