@@ -9,7 +9,8 @@
 #     --platform manylinux_2_28_x86_64 -d .whl \
 #     ml-collections==1.1.0 tensorboardX==2.6.5 tensorflow-datasets==4.9.10 array-record==0.8.6 \
 #     distrax==0.1.9 tfp-nightly==0.26.0.dev20261027 dm-tree simple-parsing wrapt toml \
-#     termcolor tensorflow-metadata protobuf docstring-parser immutabledict importlib-resources==7.1.0
+#     termcolor tensorflow-metadata protobuf docstring-parser immutabledict importlib-resources==7.1.0 \
+#     decorator gast googleapis-common-protos
 #   python3 -m pip wheel --no-deps -w .whl promise    # pure Python, published as a source archive only
 # Run (device tool): command `bash benchmarks/device.sh`, carry [".whl"], timeout_s 560.
 # Writes the 'gpu' section of BENCHMARKS.md and benchmarks/results/gpu.json; both come back
@@ -24,6 +25,7 @@ export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import jax; print('jax', jax.__version__, jax.devices())"
 python3 -m pip list 2>/dev/null | grep -i -E "^(jax|jaxlib|flax|optax|orbax-checkpoint|chex|numpy) "
+python3 -c "import benchmarks.run" || { echo "a package is missing: add its wheel to .whl"; exit 1; }
 # One process per section, most wanted first (classifier and A-LA steps: the MFU targets), each
 # keeping the sections before it (benchmarks/run.py merges into results/gpu.json), so a section
 # that fails or runs out of time loses only itself. All within 480 s.
