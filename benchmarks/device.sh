@@ -14,7 +14,8 @@
 #   python3 -m pip wheel --no-deps -w .whl promise    # pure Python, published as a source archive only
 # Run (device tool): command `bash benchmarks/device.sh`, carry [".whl"], timeout_s 560.
 # Writes the 'gpu' section of BENCHMARKS.md and benchmarks/results/gpu.json; both come back
-# under $OUT too.
+# under $OUT too. `bash benchmarks/device.sh mfu` (timeout_s 300) instead prints the ResNet-18 and
+# A-LA steps' utilisation of the bf16 peak at batches 512-2048 (benchmarks/mfu.py).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ -d .whl ]; then
@@ -26,6 +27,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import jax; print('jax', jax.__version__, jax.devices())"
 python3 -m pip list 2>/dev/null | grep -i -E "^(jax|jaxlib|flax|optax|orbax-checkpoint|chex|numpy) "
 python3 -c "import benchmarks.run" || { echo "a package is missing: add its wheel to .whl"; exit 1; }
+if [ "${1:-}" = mfu ]; then
+  timeout 270 python3 -m benchmarks.mfu
+  exit $?
+fi
 # One process per section, most wanted first (classifier and A-LA steps: the MFU targets), each
 # keeping the sections before it (benchmarks/run.py merges into results/gpu.json), so a section
 # that fails or runs out of time loses only itself. All within 480 s.

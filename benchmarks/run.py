@@ -161,22 +161,27 @@ def machine() -> dict:
 def render(results: dict) -> str:
   """The markdown section of one platform."""
   m, peak = results["machine"], results["matmul_flops"]
+  runs = {name: (l["date"], l.get("cpu_conv"), l.get("matmul_flops"))
+          for name, l in results.get("load", {}).items() if l.get("date")}
+  several = len({r[:2] for r in runs.values()}) > 1  # a run of some `--sections` kept others'
   out = [f"## {m['platform']}: {m['device']} x{m['device_count']} ({m['date']}, jax {m['jax']}, "
          f"{m['cpu_count']} CPU cores)", ""] + (
              [f"CPU convolutions: {m['cpu_conv']} (`JAXFLOWAUG_CPU_CONV`) in this run's sections, "
               "except where a table names the backend.", ""] if m.get("cpu_conv") else []) + [
-         f"Measured float32 matmul (2048^3): **{peak / 1e9:.1f} GFLOP/s**"
+         f"Measured float32 matmul (2048^3){' in the last run' if several else ''}: "
+         f"**{peak / 1e9:.1f} GFLOP/s**"
          + (f" (the best of {len(results['matmul_flops_samples'])} measurements spread over the "
-            f"run, the lowest {min(results['matmul_flops_samples']) / 1e9:.1f}: fractions below "
-            f"are of the best)" if len(results.get("matmul_flops_samples", [])) > 1 else "")
+            f"run, the lowest {min(results['matmul_flops_samples']) / 1e9:.1f}"
+            + ("" if several else ": fractions below are of the best") + ")"
+            if len(results.get("matmul_flops_samples", [])) > 1 else "")
          + (f"; bfloat16: {results['matmul_bf16_flops'] / 1e12:.1f} TFLOP/s"
             if results.get("matmul_bf16_flops") else "") + ".", ""]
-  runs = {name: (l["date"], l.get("cpu_conv")) for name, l in results.get("load", {}).items()
-          if l.get("date")}
-  if len(set(runs.values())) > 1:  # a run of some `--sections` kept the others' numbers
-    out += ["Sections from several runs: " + "; ".join(
-        f"{name} {date}" + (f", {backend} convolutions" if backend else "")
-        for name, (date, backend) in runs.items()) + ".", ""]
+  if several:
+    out += ["Sections from several runs, each section's fractions of its own run's float32 "
+            "matmul rate: " + "; ".join(
+                f"{name} {date}" + (f", {backend} convolutions" if backend else "")
+                + (f" ({flops / 1e9:.1f} GFLOP/s)" if flops else "")
+                for name, (date, backend, flops) in runs.items()) + ".", ""]
   busy = {name: l["fraction"] for name, l in results.get("load", {}).items()
           if l.get("fraction") is not None and l["fraction"] > BUSY}
   if busy:
@@ -317,9 +322,11 @@ def main(argv=None):
   if "torch" in sections:
     samples.append(harness.matmul_peak())
     results["torch"] = section("torch", torch_reference)
-  results["load"] = dict(results.get("load", {}), **load)
   samples.append(harness.matmul_peak())
   peak = max(samples)
+  for name in load:  # each section's fractions are of its own run's matmul rate
+    load[name]["matmul_flops"] = peak
+  results["load"] = dict(results.get("load", {}), **load)
   results.update(machine=started, matmul_flops=peak, matmul_flops_samples=samples)
   if accelerator:
     results["matmul_bf16_flops"] = harness.matmul_peak(8192, jnp.bfloat16)
