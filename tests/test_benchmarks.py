@@ -105,3 +105,18 @@ def test_torch_glow_is_ours_and_inverts():
     z = small(x)
     assert z.shape == x.shape
     assert torch.allclose(small.inverse(z), x, atol=1e-4)
+
+
+def test_sections_from_several_runs_name_their_own_matmul_rate():
+  """A section kept from an earlier run keeps the rate its fractions were taken of."""
+  from benchmarks import run
+  load = {"classifier": {"date": "d1", "cpu_conv": None, "matmul_flops": 1.043e14},
+          "flow": {"date": "d2", "cpu_conv": None, "matmul_flops": 7.1e13}}
+  text = run.render({"machine": run.machine(), "matmul_flops": 7.1e13,
+                     "matmul_flops_samples": [7.1e13, 6.8e13], "load": load})
+  assert "in the last run" in text and "fractions below are of the best" not in text
+  assert "classifier d1 (104300.0 GFLOP/s); flow d2 (71000.0 GFLOP/s)" in text
+  one = run.render({"machine": run.machine(), "matmul_flops": 7.1e13,
+                    "matmul_flops_samples": [7.1e13, 6.8e13],
+                    "load": {"flow": load["flow"]}})
+  assert "Sections from several runs" not in one and "fractions below are of the best" in one
