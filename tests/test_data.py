@@ -14,17 +14,10 @@ from PIL import Image
 from jaxflowaug import data
 from jaxflowaug.data import batching
 from jaxflowaug.data import store
+from shared_data import CIFAR_TAR, FASHION_DIR, needs_cifar, needs_fashion
 
-SHARED = pathlib.Path(__file__).resolve().parents[1] / '..' / 'shared' / 'data'
-FASHION = f'idx:{SHARED / "fashion-mnist"}'
-CIFAR_TAR = SHARED / 'cifar10-jpeg-train.tar.xz'
+FASHION = f'idx:{FASHION_DIR}'
 CIFAR = f'folder:{CIFAR_TAR}'
-# The real data sets sit beside the repository (../shared/data) on the project's machines; a
-# checkout elsewhere skips these tests rather than failing them.
-needs_fashion = pytest.mark.skipif(not (SHARED / 'fashion-mnist').is_dir(),
-                                   reason='no ../shared/data/fashion-mnist')
-needs_cifar = pytest.mark.skipif(not CIFAR_TAR.is_file(),
-                                 reason='no ../shared/data/cifar10-jpeg-train.tar.xz')
 
 
 @pytest.fixture(scope='session')

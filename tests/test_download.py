@@ -21,9 +21,8 @@ import scipy.io
 
 from jaxflowaug import data
 from jaxflowaug.data import download
+from shared_data import FASHION_DIR, needs_fashion
 
-SHARED_FASHION = (pathlib.Path(__file__).resolve().parents[1] / '..' / 'shared' / 'data'
-                  / 'fashion-mnist')
 RNG = np.random.default_rng(0)
 
 
@@ -246,11 +245,11 @@ def test_file_url_mirror(official, checksums, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow  # reads the real data set
-@pytest.mark.skipif(not SHARED_FASHION.is_dir(), reason='no ../shared/data/fashion-mnist')
+@needs_fashion
 def test_fashion_mnist_from_the_shared_files_with_the_published_checksums(tmp_path,
                                                                           monkeypatch):
   _offline(monkeypatch)
-  info = data.info('fashion_mnist', data_dir=tmp_path, archive_dir=SHARED_FASHION)
+  info = data.info('fashion_mnist', data_dir=tmp_path, archive_dir=FASHION_DIR)
   assert info.splits == {'train': 60000, 'test': 10000}
   assert info.class_names == data.KNOWN_CLASS_NAMES['fashion_mnist']
   assert abs(data.load('fashion_mnist', 'train[:10000]', data_dir=tmp_path)[0].mean()
